@@ -1,0 +1,69 @@
+//! Assembling a pipeline from configuration: open the ledger, connect to Postgres and SQS, check the
+//! schema. The one place where startup can fail, each way with its own error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::db::{self, DbError};
+use crate::event::Rules;
+use crate::ledger::{Ledger, LedgerError};
+use crate::pipeline::{Pipeline, Settings};
+use crate::sink::PgSink;
+use crate::source::{SourceError, SqsSource};
+use crate::stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// A pipeline over the configured queue, database and ledger, ready to `run`.
+pub async fn pipeline(config: &Config, until_empty: bool) -> Result<Pipeline<SqsSource>, StartError> {
+    let masker = config.masker()?;
+    let url = config.postgres.url.expose();
+    db::migrate(url, false).await?;
+    let sink = PgSink::new(db::pool(url, config.postgres.pool_size)?);
+    let source = SqsSource::connect(&config.sqs).await?;
+    let ledger = open_ledger(config).await?;
+    tracing::info!(
+        queue = source.queue_url(), mask_key_id = masker.key_id(), ledger.entries = ledger.len(),
+        receivers = config.pipeline.receivers, "pipeline ready"
+    );
+    Ok(Pipeline {
+        source: Arc::new(source),
+        sink,
+        ledger: Arc::new(ledger),
+        masker,
+        rules: Rules { device_types: config.validation.device_types.clone() },
+        settings: Settings::from_config(&config.pipeline, until_empty),
+        stats: Arc::new(Stats::default()),
+    })
+}
+
+/// Opens (or moves aside and recreates) the ledger, then prunes entries past retention.
+async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
+    let path = config.ledger.path.clone();
+    let retention = Duration::from_secs(config.ledger.retention_hours * 3600);
+    // sled's open and a full scan are blocking disk work.
+    tokio::task::spawn_blocking(move || {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let (ledger, _) = Ledger::open(&path)?;
+        let pruned = ledger.prune(retention);
+        if pruned > 0 {
+            tracing::info!(ledger.pruned = pruned, "pruned ledger entries older than retention");
+        }
+        Ok(ledger)
+    })
+    .await
+    .expect("ledger open does not panic")
+}

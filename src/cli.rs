@@ -1,0 +1,65 @@
+//! The command line: `pii-ingest [--config FILE] <command>`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "pii-ingest", version, about = "Drain login events from SQS into Postgres exactly once, PII masked")]
+pub struct Cli {
+    /// Configuration file (default: ./config.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the queue until SIGINT/SIGTERM (the batch in hand is finished first).
+    Run {
+        /// Exit 0 once the queue has no visible and no in-flight message.
+        #[arg(long)]
+        until_empty: bool,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the embedded migrations (the files `diesel migration run` applies).
+    Migrate {
+        /// Do not create the database when it is missing.
+        #[arg(long)]
+        no_create_db: bool,
+    },
+    /// Send messages to the queue, creating it if missing.
+    Seed {
+        /// Send each non-blank line of a JSONL file as one message.
+        #[arg(long, value_name = "F.jsonl", conflicts_with = "generate", required_unless_present = "generate")]
+        file: Option<PathBuf>,
+        /// Send N synthetic logins shaped like the sample.
+        #[arg(long, value_name = "N")]
+        generate: Option<usize>,
+        /// With --generate: share of malformed messages (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        bad_share: f64,
+        /// With --generate: share of bodies repeating an earlier one (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        repeat_share: f64,
+        /// With --generate: random seed, for reproducible loads.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// With --file: send without idempotency keys (every send then becomes new rows).
+        #[arg(long)]
+        no_keys: bool,
+        /// Concurrent SendMessageBatch calls.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Print the effective configuration, secrets redacted.
+    CheckConfig,
+}

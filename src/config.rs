@@ -1,0 +1,404 @@
+//! Configuration, layered with figment: built-in defaults < `config.toml` (or `--config FILE`) <
+//! environment `PII_INGEST__<SECTION>__<KEY>` < command-line flags. [`Config::validate`] turns every
+//! wrong or missing setting into one line naming the key and what was expected.
+//!
+//! Secrets (`masking.key`, a password in `postgres.url`) are wrapped so that `Debug`, logs and
+//! `check-config` never print them.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::mask::{MIN_KEY_BYTES, Masker};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sqs: SqsConfig,
+    pub postgres: PostgresConfig,
+    pub ledger: LedgerConfig,
+    pub masking: MaskingConfig,
+    pub pipeline: PipelineConfig,
+    pub validation: ValidationConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsConfig {
+    /// Endpoint of an SQS emulator (LocalStack); unset for real AWS.
+    pub endpoint_url: Option<String>,
+    pub region: String,
+    /// Looked up with GetQueueUrl unless `queue_url` is set.
+    pub queue_name: String,
+    pub queue_url: Option<String>,
+    /// Long-poll wait per receive, 0..=20 seconds.
+    pub wait_time_seconds: u32,
+    /// Visibility timeout given to queues that `seed` creates, in seconds.
+    pub visibility_timeout_seconds: u32,
+    /// Message attribute a producer may set to an idempotency key; when present it is the dedup key
+    /// instead of the SQS MessageId (so a re-sent file is not loaded twice). Empty disables it.
+    pub idempotency_key_attribute: Option<String>,
+}
+
+impl Default for SqsConfig {
+    fn default() -> Self {
+        SqsConfig {
+            endpoint_url: Some("http://127.0.0.1:4566".into()),
+            region: "us-east-1".into(),
+            queue_name: "login-queue".into(),
+            queue_url: None,
+            wait_time_seconds: 20,
+            visibility_timeout_seconds: 30,
+            idempotency_key_attribute: Some("idempotency-key".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Secret,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: Secret("postgres://postgres@127.0.0.1:5432/pii_ingest".into()), pool_size: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Directory of the sled store.
+    pub path: PathBuf,
+    /// Entries older than this are pruned; keep it >= the queue's message retention (max 14 days).
+    pub retention_hours: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { path: "var/ledger".into(), retention_hours: 14 * 24 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The HMAC key itself (prefer `key_file`, or the env var `PII_INGEST__MASKING__KEY`).
+    pub key: Option<Secret>,
+    /// A file holding the key (trailing newline ignored).
+    pub key_file: Option<PathBuf>,
+    /// Name recorded with every row; derived from the key when unset.
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Concurrent long-poll receivers.
+    pub receivers: usize,
+    /// Most rows written in one transaction.
+    pub batch_max_rows: usize,
+    /// Longest a received message waits for its batch to fill, in milliseconds.
+    pub flush_interval_ms: u64,
+    /// Concurrent DeleteMessageBatch calls.
+    pub delete_concurrency: usize,
+    /// Delete rejected messages once quarantined. Set false to leave them for the queue's redrive
+    /// policy (a dead-letter queue); the quarantine record is written either way.
+    pub delete_rejected: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { receivers: 8, batch_max_rows: 1000, flush_interval_ms: 50, delete_concurrency: 8, delete_rejected: true }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Accepted `device_type` values; an empty list accepts any.
+    pub device_types: Vec<String>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig { device_types: crate::event::Rules::default().device_types }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// A string that never prints: `Debug` and `Serialize` show `[redacted]`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// A setting that is wrong or missing: names the key and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {expected}")]
+    Invalid { key: &'static str, expected: String },
+}
+
+fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, expected: expected.into() }
+}
+
+impl Config {
+    /// The figment for `file` (default `config.toml`, skipped when absent) with env on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let file = file.map(Path::to_path_buf).unwrap_or_else(|| "config.toml".into());
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("PII_INGEST__").split("__"))
+    }
+
+    /// Extracts and validates a config from a figment (with any flag overrides already merged).
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and shapes the types alone cannot express. The masking key is checked by
+    /// [`Config::masker`], because only `run` needs it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sqs = &self.sqs;
+        if sqs.wait_time_seconds > 20 {
+            return Err(invalid("sqs.wait_time_seconds", "a number of seconds from 0 to 20"));
+        }
+        if !(1..=43_200).contains(&sqs.visibility_timeout_seconds) {
+            return Err(invalid("sqs.visibility_timeout_seconds", "a number of seconds from 1 to 43200"));
+        }
+        if sqs.queue_url.is_none() && sqs.queue_name.trim().is_empty() {
+            return Err(invalid("sqs.queue_name", "a queue name (or set sqs.queue_url)"));
+        }
+        if sqs.region.trim().is_empty() {
+            return Err(invalid("sqs.region", "an AWS region such as us-east-1"));
+        }
+        if !self.postgres.url.expose().starts_with("postgres://") && !self.postgres.url.expose().starts_with("postgresql://") {
+            return Err(invalid("postgres.url", "a URL starting with postgres://"));
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", "at least 1"));
+        }
+        let p = &self.pipeline;
+        if p.receivers == 0 {
+            return Err(invalid("pipeline.receivers", "at least 1"));
+        }
+        if !(1..=crate::sink::MAX_ROWS_PER_TRANSACTION).contains(&p.batch_max_rows) {
+            return Err(invalid(
+                "pipeline.batch_max_rows",
+                format!("from 1 to {}", crate::sink::MAX_ROWS_PER_TRANSACTION),
+            ));
+        }
+        if p.delete_concurrency == 0 {
+            return Err(invalid("pipeline.delete_concurrency", "at least 1"));
+        }
+        if self.ledger.path.as_os_str().is_empty() {
+            return Err(invalid("ledger.path", "a directory for the ledger store"));
+        }
+        Ok(())
+    }
+
+    /// The masker for the configured key: from `masking.key`, else `masking.key_file`. Refuses a
+    /// missing or short key.
+    pub fn masker(&self) -> Result<Masker, ConfigError> {
+        let m = &self.masking;
+        let key = match (&m.key, &m.key_file) {
+            (Some(key), _) => key.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("masking.key_file", format!("a readable file holding the key ({}: {e})", path.display()))
+                })?;
+                Secret(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "masking.key",
+                    format!(
+                        "a secret of at least {MIN_KEY_BYTES} bytes: set PII_INGEST__MASKING__KEY or masking.key_file"
+                    ),
+                ));
+            }
+        };
+        let key_name = if m.key.is_some() { "masking.key" } else { "masking.key_file" };
+        Masker::new(key.expose().as_bytes(), m.key_id.as_deref())
+            .map_err(|e| ConfigError::Invalid { key: key_name, expected: e.to_string() })
+    }
+
+    /// The configuration as TOML with every secret redacted (for `check-config`).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        // The URL is shown with its password, if any, blanked; the rest of it helps debugging.
+        shown.postgres.url = Secret(redact_url_password(self.postgres.url.expose()));
+        let mut text = toml::to_string_pretty(&RedactedView(&shown)).expect("config serializes to TOML");
+        if self.masking.key.is_some() {
+            text.push_str("\n# masking.key is set (redacted)\n");
+        }
+        text
+    }
+}
+
+/// Serializes a config, showing `postgres.url` (already redacted) instead of `[redacted]`.
+struct RedactedView<'a>(&'a Config);
+
+impl Serialize for RedactedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut value = serde_json::to_value(self.0).map_err(serde::ser::Error::custom)?;
+        value["postgres"]["url"] = serde_json::Value::String(self.0.postgres.url.0.clone());
+        strip_nulls(&mut value);
+        value.serialize(s)
+    }
+}
+
+/// TOML has no null: unset options are left out.
+fn strip_nulls(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        map.retain(|_, v| !v.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:[redacted]@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[sqs]\nqueue_name = \"from-file\"\nwait_time_seconds = 5\n")?;
+            jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "2");
+            let config = Config::from_figment(Config::figment(None)).unwrap();
+            assert_eq!(config.sqs.queue_name, "from-file");
+            assert_eq!(config.sqs.wait_time_seconds, 2);
+            assert_eq!(config.sqs.region, "us-east-1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "soon");
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            assert!(error.contains("sqs.wait_time_seconds"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[sqs]\nqueue = \"typo\"\n")?;
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            assert!(error.contains("queue"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_range() {
+        let mut config = Config::default();
+        config.sqs.wait_time_seconds = 21;
+        let error = config.validate().unwrap_err().to_string();
+        assert_eq!(error, "configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
+    }
+
+    #[test]
+    fn masker_needs_a_long_enough_key() {
+        let mut config = Config::default();
+        assert!(config.masker().unwrap_err().to_string().contains("masking.key"));
+        config.masking.key = Some(Secret("short".into()));
+        assert!(config.masker().unwrap_err().to_string().contains("at least 32"));
+        config.masking.key = Some(Secret("k".repeat(32)));
+        assert!(config.masker().is_ok());
+    }
+
+    #[test]
+    fn the_key_file_is_read_without_its_newline() {
+        Jail::expect_with(|jail| {
+            jail.create_file("key", &format!("{}\n", "z".repeat(40)))?;
+            let mut config = Config::default();
+            config.masking.key_file = Some("key".into());
+            let from_file = config.masker().unwrap();
+            let direct = Masker::new("z".repeat(40).as_bytes(), None).unwrap();
+            assert_eq!(from_file.token("v"), direct.token("v"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn check_config_output_redacts_secrets() {
+        let mut config = Config::default();
+        config.masking.key = Some(Secret("TOPSECRET-0123456789-0123456789-xx".into()));
+        config.postgres.url = Secret("postgres://app:hunter2@db:5432/x".into());
+        let text = config.redacted_toml();
+        assert!(!text.contains("TOPSECRET") && !text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:[redacted]@db:5432/x"), "{text}");
+        assert!(!format!("{config:?}").contains("TOPSECRET"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The ledger: a local sled skip-cache of message ids whose row or quarantine record is committed.
+//!
+//! It saves a database round trip for redeliveries and survives restarts, but it is never the truth:
+//! Postgres' unique `message_id` is. So the rules are
+//! - record an id only *after* its transaction committed (an id recorded first could mark as done a
+//!   message whose row never landed);
+//! - any ledger failure (will not open, read or write error, wiped, stale) costs speed only: it is
+//!   logged and treated as a miss;
+//! - a store that will not open is moved aside and a fresh one created.
+//!
+//! Keys are message ids (never PII); values are the record time in Unix milliseconds, big-endian, so
+//! entries older than the queue's retention can be pruned. No sled type escapes this file.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Errors that stop the ledger from being usable at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger store at {path} could not be opened, even after moving it aside")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("could not move the unreadable ledger store {path} aside")]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How [`Ledger::open`] found the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The existing store (or a new one where none was).
+    Existing,
+    /// The store would not open; it now lives at this path and a fresh one took its place.
+    MovedAside(PathBuf),
+}
+
+/// The skip-cache. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Ledger {
+    db: sled::Db,
+}
+
+impl Ledger {
+    /// Opens the store at `path`, moving an unreadable one aside.
+    pub fn open(path: &Path) -> Result<(Ledger, Opened), LedgerError> {
+        match sled::open(path) {
+            Ok(db) => Ok((Ledger { db }, Opened::Existing)),
+            Err(error) => {
+                let aside = aside_path(path);
+                tracing::warn!(
+                    ledger.path = %path.display(), ledger.moved_to = %aside.display(), error = %error,
+                    "ledger store will not open; moving it aside and starting an empty one (costs speed, not correctness)"
+                );
+                std::fs::rename(path, &aside)
+                    .map_err(|source| LedgerError::MoveAside { path: path.to_owned(), source })?;
+                let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
+                Ok((Ledger { db }, Opened::MovedAside(aside)))
+            }
+        }
+    }
+
+    /// A ledger that lives in memory only (for replays and tests that want no local state).
+    pub fn temporary() -> Ledger {
+        let db = sled::Config::new().temporary(true).open().expect("a temporary sled store needs no disk");
+        Ledger { db }
+    }
+
+    /// Whether `id` was recorded as committed. A read error counts as a miss.
+    pub fn contains(&self, id: &str) -> bool {
+        match self.db.contains_key(id.as_bytes()) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(sqs.message_id = id, error = %error, "ledger read failed; treating as not seen");
+                false
+            }
+        }
+    }
+
+    /// Records ids whose transaction has committed. A write error is logged and ignored: the database
+    /// will answer for these ids on redelivery.
+    pub fn record<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let stamp = now_millis().to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.insert(id.as_bytes(), &stamp);
+        }
+        if let Err(error) = self.db.apply_batch(batch) {
+            tracing::warn!(error = %error, "ledger write failed; redeliveries will be checked by the database");
+        }
+    }
+
+    /// Removes entries recorded longer ago than `retention` (no message older than the queue's
+    /// retention can be redelivered). Returns how many were removed.
+    pub fn prune(&self, retention: Duration) -> usize {
+        let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
+        let mut removed = 0;
+        for entry in self.db.iter() {
+            let Ok((key, value)) = entry else { continue };
+            let stamp = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if stamp < cutoff && self.db.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Number of ids held.
+    pub fn len(&self) -> usize {
+        self.db.len()
+    }
+
+    /// Whether the ledger holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.db.is_empty()
+    }
+
+    /// Writes buffered entries to disk. Failure is logged: it only makes the next restart slower.
+    pub async fn flush(&self) {
+        if let Err(error) = self.db.flush_async().await {
+            tracing::warn!(error = %error, "ledger flush failed");
+        }
+    }
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let stamp = now_millis();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".unreadable-{stamp}"));
+    path.with_file_name(name)
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_ids_are_found_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        {
+            let (ledger, opened) = Ledger::open(&path).unwrap();
+            assert_eq!(opened, Opened::Existing);
+            ledger.record(["a", "b"]);
+            assert!(ledger.contains("a") && !ledger.contains("c"));
+            ledger.db.flush().unwrap();
+        }
+        let (ledger, _) = Ledger::open(&path).unwrap();
+        assert!(ledger.contains("b"));
+        assert_eq!(ledger.len(), 2);
+    }
+
+    #[test]
+    fn a_store_that_will_not_open_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        // A plain file where sled expects a directory: sled cannot open it.
+        std::fs::write(&path, b"garbage").unwrap();
+        let (ledger, opened) = Ledger::open(&path).unwrap();
+        let Opened::MovedAside(aside) = opened else { panic!("expected the store to be moved aside") };
+        assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
+        assert!(ledger.is_empty());
+        ledger.record(["x"]);
+        assert!(ledger.contains("x"));
+    }
+
+    #[test]
+    fn prune_removes_only_entries_older_than_retention() {
+        let ledger = Ledger::temporary();
+        ledger.db.insert("old", &1_000u64.to_be_bytes()).unwrap();
+        ledger.record(["new"]);
+        assert_eq!(ledger.prune(Duration::from_secs(3600)), 1);
+        assert!(!ledger.contains("old") && ledger.contains("new"));
+    }
+}

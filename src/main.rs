@@ -1,0 +1,128 @@
+//! The `pii-ingest` binary: parse the command line, load configuration, init logging, dispatch.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use pii_ingest::cli::{Cli, Command};
+use pii_ingest::config::Config;
+use pii_ingest::{app, db, seed, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut figment = Config::figment(cli.config.as_deref());
+    if let Some(format) = cli.log_format {
+        figment = figment.merge(("log.format", format));
+    }
+    let config = match Config::from_figment(figment) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    match dispatch(cli.command, config).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { until_empty, json } => run(config, until_empty, json).await,
+        Command::Migrate { no_create_db } => migrate(&config, !no_create_db).await,
+        Command::Seed { file, generate, bad_share, repeat_share, seed, no_keys, concurrency } => {
+            let messages = match (file, generate) {
+                (Some(path), _) => seed::file_messages(&path, !no_keys)?,
+                (None, Some(n)) => seed::generate(n, seed::Mix { bad: bad_share, repeat: repeat_share }, seed),
+                (None, None) => unreachable!("clap requires --file or --generate"),
+            };
+            seed_queue(&config, messages, concurrency).await
+        }
+        Command::CheckConfig => {
+            print!("{}", config.redacted_toml());
+            match config.masker() {
+                Ok(masker) => println!("# masking key: ok (key id {})", masker.key_id()),
+                Err(error) => println!("# masking key: {error}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = app::pipeline(&config, until_empty).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(handle_signals(stop.clone()));
+    let started = std::time::Instant::now();
+    let report = pipeline.run(stop).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+        println!("elapsed             {seconds:>9.2} s ({:.0} msg/s)", report.received as f64 / seconds.max(1e-9));
+    }
+    if !report.reconciles() {
+        anyhow::bail!("the drain does not reconcile: some delivery is not accounted for");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: stop receiving and finish the batch in hand. Second: exit at once (nothing
+/// uncommitted was deleted, so SQS redelivers whatever was in hand).
+async fn handle_signals(stop: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("signal received: finishing the batch in hand (signal again to exit at once)");
+    stop.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now; messages in hand will be redelivered");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installing a handler only fails if the signal is invalid, which these are not.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn migrate(config: &Config, create: bool) -> anyhow::Result<ExitCode> {
+    let url = config.postgres.url.expose();
+    if create && db::create_database_if_missing(url).await? {
+        println!("created database {}", pii_ingest::config::redact_url_password(url));
+    }
+    let applied = db::migrate(url, true).await.context("failed to apply migrations")?;
+    if applied.is_empty() {
+        println!("migrations: up to date");
+    } else {
+        println!("migrations: applied {}", applied.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn seed_queue(config: &Config, messages: Vec<seed::Outgoing>, concurrency: usize) -> anyhow::Result<ExitCode> {
+    let client = pii_ingest::source::sqs::client(&config.sqs).await;
+    let url = match &config.sqs.queue_url {
+        Some(url) => url.clone(),
+        None => seed::ensure_queue(&client, &config.sqs.queue_name, config.sqs.visibility_timeout_seconds)
+            .await
+            .context("failed to create or find the queue")?,
+    };
+    let started = std::time::Instant::now();
+    let attribute = config.sqs.idempotency_key_attribute.as_deref().filter(|a| !a.is_empty());
+    let sent = seed::send(&client, &url, attribute, messages, concurrency, |_| {}).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!("sent {sent} messages to {url} in {seconds:.2} s ({:.0} msg/s)", sent as f64 / seconds.max(1e-9));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,50 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    quarantined_messages (id) {
+        id -> Int8,
+        #[max_length = 128]
+        message_id -> Varchar,
+        #[max_length = 32]
+        reason -> Varchar,
+        #[max_length = 64]
+        field -> Nullable<Varchar>,
+        detail -> Text,
+        masked_body -> Nullable<Text>,
+        #[max_length = 64]
+        body_hmac -> Bpchar,
+        body_bytes -> Int4,
+        receive_count -> Int4,
+        sent_at -> Timestamptz,
+        quarantined_at -> Timestamptz,
+        #[max_length = 64]
+        mask_key_id -> Varchar,
+    }
+}
+
+diesel::table! {
+    user_logins (id) {
+        id -> Int8,
+        #[max_length = 128]
+        message_id -> Varchar,
+        #[max_length = 128]
+        user_id -> Varchar,
+        #[max_length = 32]
+        device_type -> Varchar,
+        #[max_length = 64]
+        masked_ip -> Bpchar,
+        #[max_length = 64]
+        masked_device_id -> Bpchar,
+        #[max_length = 32]
+        locale -> Nullable<Varchar>,
+        #[max_length = 32]
+        app_version -> Varchar,
+        create_date -> Date,
+        sent_at -> Timestamptz,
+        ingested_at -> Timestamptz,
+        #[max_length = 64]
+        mask_key_id -> Varchar,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(quarantined_messages, user_logins,);

@@ -1,0 +1,174 @@
+//! The Postgres sink: logins and quarantine records of one batch in one transaction, every insert
+//! `ON CONFLICT (message_id) DO NOTHING RETURNING message_id`. The ids returned are the ones this
+//! transaction wrote; an id not returned was committed by an earlier delivery or another worker.
+//!
+//! [`SinkError::disposition`] is the one place that decides whether a failure is worth retrying
+//! (the connection, the server, a serialization conflict) or is caused by the rows themselves.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::db::PgPool;
+use crate::schema::{quarantined_messages, user_logins};
+
+/// Postgres takes at most 65,535 bind parameters per statement; rows per INSERT stay under it.
+const MAX_BIND_PARAMS: usize = 65_535;
+const LOGIN_COLUMNS: usize = 10;
+const QUARANTINE_COLUMNS: usize = 10;
+
+/// A `user_logins` row, PII already masked.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = user_logins)]
+pub struct NewLogin {
+    pub message_id: String,
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: String,
+    pub masked_device_id: String,
+    pub locale: Option<String>,
+    pub app_version: String,
+    /// UTC date of `sent_at`.
+    pub create_date: NaiveDate,
+    pub sent_at: DateTime<Utc>,
+    pub mask_key_id: String,
+}
+
+/// A `quarantined_messages` row: why a message was refused, with its body's PII masked.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = quarantined_messages)]
+pub struct NewQuarantined {
+    pub message_id: String,
+    pub reason: String,
+    pub field: Option<String>,
+    pub detail: String,
+    pub masked_body: Option<String>,
+    pub body_hmac: String,
+    pub body_bytes: i32,
+    pub receive_count: i32,
+    pub sent_at: DateTime<Utc>,
+    pub mask_key_id: String,
+}
+
+/// The ids one transaction inserted, per table.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub logins: HashSet<String>,
+    pub quarantined: HashSet<String>,
+}
+
+/// What to do about a failed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The database or the connection to it failed: retry the whole batch later.
+    Retry,
+    /// Postgres refused something in the rows: split the batch to find the offender.
+    DataError,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("no Postgres connection available")]
+    Pool(#[source] diesel_async::pooled_connection::deadpool::PoolError),
+    #[error("Postgres refused the write")]
+    Query(#[source] DieselError),
+}
+
+impl SinkError {
+    /// Retry or split: the single decision point for database failures.
+    pub fn disposition(&self) -> Disposition {
+        let SinkError::Query(error) = self else { return Disposition::Retry };
+        match error {
+            DieselError::DatabaseError(kind, _) => match kind {
+                DatabaseErrorKind::UniqueViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::ForeignKeyViolation => Disposition::DataError,
+                // Data exceptions (class 22: value too long, bad encoding) arrive as `Unknown`, as do
+                // some server failures; the pipeline confirms the server is healthy before it blames
+                // a single row.
+                DatabaseErrorKind::Unknown => Disposition::DataError,
+                _ => Disposition::Retry,
+            },
+            DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
+            _ => Disposition::Retry,
+        }
+    }
+
+    /// A short, value-free description for logs and quarantine details. Postgres' own message is
+    /// used only for its kind and column/constraint names, because its detail may quote values.
+    pub fn summary(&self) -> String {
+        match self {
+            SinkError::Pool(e) => format!("no connection: {e}"),
+            SinkError::Query(DieselError::DatabaseError(kind, info)) => {
+                let mut text = format!("{kind:?}");
+                if let Some(c) = info.constraint_name() {
+                    text.push_str(&format!(" on constraint {c}"));
+                }
+                if let Some(c) = info.column_name() {
+                    text.push_str(&format!(" in column {c}"));
+                }
+                text
+            }
+            SinkError::Query(other) => format!("{other}"),
+        }
+    }
+}
+
+/// Writes batches to Postgres through a pool.
+#[derive(Clone)]
+pub struct PgSink {
+    pool: PgPool,
+}
+
+impl PgSink {
+    pub fn new(pool: PgPool) -> Self {
+        PgSink { pool }
+    }
+
+    /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
+    pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
+        let mut conn = self.pool.get().await.map_err(SinkError::Pool)?;
+        conn.transaction(async |conn| insert_all(conn, logins, quarantined).await)
+            .await
+            .map_err(SinkError::Query)
+    }
+
+    /// Whether the server answers a trivial query (used before blaming a row for a failure).
+    pub async fn ping(&self) -> bool {
+        let Ok(mut conn) = self.pool.get().await else { return false };
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+    }
+}
+
+async fn insert_all(
+    conn: &mut AsyncPgConnection,
+    logins: &[NewLogin],
+    quarantined: &[NewQuarantined],
+) -> Result<Written, DieselError> {
+    let mut written = Written::default();
+    for chunk in logins.chunks(MAX_BIND_PARAMS / LOGIN_COLUMNS) {
+        let ids: Vec<String> = diesel::insert_into(user_logins::table)
+            .values(chunk)
+            .on_conflict(user_logins::message_id)
+            .do_nothing()
+            .returning(user_logins::message_id)
+            .get_results(conn)
+            .await?;
+        written.logins.extend(ids);
+    }
+    for chunk in quarantined.chunks(MAX_BIND_PARAMS / QUARANTINE_COLUMNS) {
+        let ids: Vec<String> = diesel::insert_into(quarantined_messages::table)
+            .values(chunk)
+            .on_conflict(quarantined_messages::message_id)
+            .do_nothing()
+            .returning(quarantined_messages::message_id)
+            .get_results(conn)
+            .await?;
+        written.quarantined.extend(ids);
+    }
+    Ok(written)
+}

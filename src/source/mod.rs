@@ -1,0 +1,61 @@
+//! Where messages come from, behind a narrow trait: receive a batch, delete a batch, tell whether the
+//! queue is drained. The pipeline knows nothing else about SQS, so tests can wrap the real source to
+//! inject faults (duplicate deliveries, failed deletes) while still talking to the emulator.
+
+pub mod sqs;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+pub use sqs::SqsSource;
+
+/// One delivery of one message. A redelivery is a new `Delivery` with the same `message_id` and a new
+/// receipt handle.
+#[derive(Clone)]
+pub struct Delivery {
+    /// The dedup key: the producer's idempotency key attribute when present, else the SQS MessageId.
+    pub message_id: String,
+    /// What deletes this delivery.
+    pub receipt_handle: String,
+    /// The raw body. May hold PII: never log it.
+    pub body: Vec<u8>,
+    /// When the message was first sent (SQS `SentTimestamp`): the same for every redelivery.
+    pub sent_at: DateTime<Utc>,
+    /// SQS `ApproximateReceiveCount`: 1 on first delivery.
+    pub receive_count: i32,
+}
+
+/// What a batch delete achieved. Failed entries are harmless: the message comes back and is skipped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub ok: usize,
+    /// Receipt handles that SQS did not delete.
+    pub failed: Vec<String>,
+}
+
+/// Errors talking to the queue. All are transient from the pipeline's point of view (it backs off and
+/// retries), except where a command must report them (a queue that does not exist at start).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("queue {0} does not exist (create it with `pii-ingest seed` or your infrastructure)")]
+    QueueNotFound(String),
+    #[error("SQS {operation} failed")]
+    Sqs {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A queue the pipeline can drain.
+pub trait Source: Send + Sync + 'static {
+    /// Up to 10 deliveries; an empty batch after the long-poll wait means nothing is visible.
+    fn receive(&self) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
+
+    /// Deletes up to 10 deliveries by receipt handle and reports each entry's fate.
+    fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
+
+    /// True when the queue holds no visible, in-flight or delayed message.
+    fn is_drained(&self) -> impl Future<Output = Result<bool, SourceError>> + Send;
+}

@@ -1,0 +1,171 @@
+//! The SQS implementation of [`Source`]: long-poll receives of 10 with the system attributes the
+//! pipeline needs, batch deletes whose every entry is checked, and the queue attributes that tell
+//! whether it is drained.
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use chrono::{DateTime, Utc};
+
+use super::{Deleted, Delivery, Source, SourceError};
+use crate::config::SqsConfig;
+
+/// SQS returns at most this many messages per receive, and deletes at most this many per batch.
+pub const MAX_BATCH: usize = 10;
+
+/// A connected queue.
+#[derive(Clone)]
+pub struct SqsSource {
+    client: Client,
+    queue_url: String,
+    wait_time_seconds: i32,
+    /// Message attribute that carries a producer's idempotency key, if the config names one.
+    idempotency_attribute: Option<String>,
+}
+
+impl SqsSource {
+    /// Resolves the queue named by `config` (its URL, or its name looked up) and checks it exists.
+    pub async fn connect(config: &SqsConfig) -> Result<SqsSource, SourceError> {
+        let client = client(config).await;
+        let queue_url = match &config.queue_url {
+            Some(url) => url.clone(),
+            None => queue_url(&client, &config.queue_name).await?,
+        };
+        Ok(SqsSource {
+            client,
+            queue_url,
+            wait_time_seconds: config.wait_time_seconds as i32,
+            idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
+        })
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// The underlying client (seeding and tests use it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn to_delivery(&self, message: aws_sdk_sqs::types::Message) -> Option<Delivery> {
+        let attributes = message.attributes();
+        let system = |name: MessageSystemAttributeName| attributes.and_then(|a| a.get(&name)).map(String::as_str);
+        let sent_ms = system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
+        let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let key = self.idempotency_attribute.as_ref().and_then(|name| {
+            let value = message.message_attributes()?.get(name)?.string_value()?;
+            (!value.is_empty() && value.len() <= 128).then(|| value.to_owned())
+        });
+        let message_id = key.or_else(|| message.message_id().map(str::to_owned))?;
+        Some(Delivery {
+            message_id,
+            receipt_handle: message.receipt_handle()?.to_owned(),
+            sent_at: sent_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now),
+            receive_count,
+            body: message.body.unwrap_or_default().into_bytes(),
+        })
+    }
+}
+
+impl Source for SqsSource {
+    async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
+        let mut request = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(MAX_BATCH as i32)
+            .wait_time_seconds(self.wait_time_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+        if let Some(name) = &self.idempotency_attribute {
+            request = request.message_attribute_names(name);
+        }
+        let output = request.send().await.map_err(|e| sqs_error("ReceiveMessage", e))?;
+        Ok(output.messages.unwrap_or_default().into_iter().filter_map(|m| self.to_delivery(m)).collect())
+    }
+
+    async fn delete(&self, receipt_handles: &[String]) -> Result<Deleted, SourceError> {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .build()
+                    .expect("id and receipt handle are both set")
+            })
+            .collect();
+        let output = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sqs_error("DeleteMessageBatch", e))?;
+        let failed = output
+            .failed()
+            .iter()
+            .filter_map(|f| f.id().parse::<usize>().ok())
+            .filter_map(|i| receipt_handles.get(i).cloned())
+            .collect();
+        Ok(Deleted { ok: output.successful().len(), failed })
+    }
+
+    async fn is_drained(&self) -> Result<bool, SourceError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
+        let total: u64 = output
+            .attributes()
+            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        Ok(total == 0)
+    }
+}
+
+/// An SQS client for `config`. With an `endpoint_url` (an emulator) and no AWS credentials in the
+/// environment, static test credentials are used so the SDK does not probe for instance metadata.
+pub async fn client(config: &SqsConfig) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(config.region.clone()));
+    if let Some(endpoint) = &config.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "pii-ingest-emulator",
+            ));
+        }
+    }
+    Client::new(&loader.load().await)
+}
+
+/// The URL of the queue called `name`.
+pub async fn queue_url(client: &Client, name: &str) -> Result<String, SourceError> {
+    match client.get_queue_url().queue_name(name).send().await {
+        Ok(output) => Ok(output.queue_url.unwrap_or_default()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => {
+            Err(SourceError::QueueNotFound(name.to_owned()))
+        }
+        Err(e) => Err(sqs_error("GetQueueUrl", e)),
+    }
+}
+
+fn sqs_error<E>(operation: &'static str, error: E) -> SourceError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    SourceError::Sqs { operation, source: Box::new(error) }
+}
+
