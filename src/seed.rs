@@ -37,6 +37,10 @@ pub enum SeedError {
 
 /// The queue's URL, creating it (with the given visibility timeout, in seconds) if it is missing.
 pub async fn ensure_queue(client: &Client, name: &str, visibility_timeout: u32) -> Result<String, SourceError> {
+    match crate::source::sqs::queue_url(client, name).await {
+        Err(SourceError::QueueNotFound(_)) => {}
+        found => return found,
+    }
     let output = client
         .create_queue()
         .queue_name(name)

@@ -1,0 +1,73 @@
+//! The binary as a user runs it: migrate, seed, run --until-empty, twice.
+
+use std::process::{Command, Output};
+
+use crate::support::{TestDb, TestQueue, binary_env};
+
+fn pii_ingest(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/config.toml"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "failed: {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = binary_env(&db, &queue, dir.path());
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+
+    stdout(&pii_ingest(&env, &["migrate"]));
+    assert!(stdout(&pii_ingest(&env, &["seed", "--file", sample])).contains("sent 100 messages"));
+    let first = stdout(&pii_ingest(&env, &["run", "--until-empty", "--json"]));
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!((first["written"].as_u64(), first["quarantined"]["missing_field"].as_u64()), (Some(99), Some(1)));
+
+    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
+    let second = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    assert!(second.contains("rows written                0"), "{second}");
+    assert!(second.contains("duplicates skipped        100"), "{second}");
+    assert!(second.contains("reconciliation      ok"), "{second}");
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn run_refuses_to_start_without_a_masking_key() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<_> = binary_env(&db, &queue, dir.path()).into_iter().filter(|(k, _)| !k.contains("MASKING")).collect();
+    let output = pii_ingest(&env, &["run", "--until-empty"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("masking.key") && stderr.contains("32 bytes"), "{stderr}");
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn a_bad_setting_is_one_line_naming_the_key() {
+    let output = pii_ingest(&[("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "99".into())], &["check-config"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim(), "error: configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
+}
+
+#[tokio::test]
+async fn check_config_never_prints_the_key() {
+    let key = "a-very-secret-masking-key-that-is-long-enough";
+    let output = pii_ingest(&[("PII_INGEST__MASKING__KEY".into(), key.into())], &["check-config"]);
+    let text = stdout(&output);
+    assert!(!text.contains(key), "{text}");
+    assert!(text.contains("masking key: ok"), "{text}");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real Postgres and the real SQS emulator (`scripts/emulator.sh start`), one
+//! fresh database and one fresh queue per test.
+
+mod cli;
+mod exactly_once;
+mod masking;
+mod quarantine;
+mod support;

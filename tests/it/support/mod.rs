@@ -1,0 +1,227 @@
+//! Test harness: a fresh database and a fresh queue per test, on the real Postgres and the real SQS
+//! emulator, so tests run in parallel and never depend on leftover state. Missing services fail the
+//! test loudly with the command that starts them.
+
+pub mod faults;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::QueueAttributeName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use pii_ingest::config::SqsConfig;
+use pii_ingest::event::Rules;
+use pii_ingest::ledger::Ledger;
+use pii_ingest::mask::Masker;
+use pii_ingest::pipeline::{Pipeline, Settings};
+use pii_ingest::seed::{self, Outgoing};
+use pii_ingest::sink::PgSink;
+use pii_ingest::source::{Source, SqsSource};
+use pii_ingest::stats::{Report, Stats};
+use pii_ingest::{db, source};
+use tokio_util::sync::CancellationToken;
+
+/// The test masking key (tests only; real keys come from a file or the environment).
+pub const TEST_KEY: &str = "integration-test-key-0123456789abcdef";
+
+pub fn server_url() -> String {
+    std::env::var("PII_INGEST_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn sqs_endpoint() -> String {
+    std::env::var("PII_INGEST_TEST_SQS").unwrap_or_else(|_| "http://127.0.0.1:4566".into())
+}
+
+pub fn masker() -> Masker {
+    Masker::new(TEST_KEY.as_bytes(), Some("test-key")).unwrap()
+}
+
+/// A migrated database of its own.
+pub struct TestDb {
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("pii_it_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("{}/{name}", server_url());
+        if let Err(error) = db::create_database_if_missing(&url).await {
+            panic!(
+                "Postgres is not reachable at {} ({error}): start it with \
+                 `pg_ctlcluster $(ls /etc/postgresql) main start`, or set PII_INGEST_TEST_POSTGRES",
+                server_url()
+            );
+        }
+        db::migrate(&url, true).await.expect("migrations apply to a fresh database");
+        TestDb { url }
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url).await.expect("test database accepts connections")
+    }
+
+    pub fn sink(&self) -> PgSink {
+        PgSink::new(db::pool(&self.url, 4).unwrap())
+    }
+
+    /// One number from a query such as `SELECT count(*) AS n FROM user_logins`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let rows: Vec<N> = diesel::sql_query(sql).load(&mut self.conn().await).await.unwrap();
+        rows[0].n
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        diesel::sql_query(sql).execute(&mut self.conn().await).await.unwrap();
+    }
+
+    pub async fn drop(self) {
+        db::drop_database(&self.url).await.unwrap();
+    }
+}
+
+/// A queue of its own on the emulator.
+pub struct TestQueue {
+    pub client: Client,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestQueue {
+    /// A queue whose messages come back `visibility_secs` after an undeleted receive.
+    pub async fn new(visibility_secs: u32) -> TestQueue {
+        let config = sqs_config("unused");
+        let client = source::sqs::client(&config).await;
+        let name = format!("it-{}", uuid::Uuid::new_v4().simple());
+        let url = match tokio::time::timeout(Duration::from_secs(10), seed::ensure_queue(&client, &name, visibility_secs)).await {
+            Ok(Ok(url)) => url,
+            outcome => panic!(
+                "the SQS emulator is not reachable at {} ({outcome:?}): start it with \
+                 `scripts/emulator.sh start`, or set PII_INGEST_TEST_SQS",
+                sqs_endpoint()
+            ),
+        };
+        TestQueue { client, name, url }
+    }
+
+    pub async fn send(&self, messages: Vec<Outgoing>) {
+        seed::send(&self.client, &self.url, Some("idempotency-key"), messages, 8, |_| {}).await.unwrap();
+    }
+
+    pub async fn send_bodies<S: Into<String>>(&self, bodies: impl IntoIterator<Item = S>) {
+        self.send(bodies.into_iter().map(|b| Outgoing { body: b.into(), key: None }).collect()).await;
+    }
+
+    /// Visible + in flight + delayed.
+    pub async fn depth(&self) -> u64 {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let attributes = out.attributes().unwrap();
+        [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ]
+        .iter()
+        .map(|k| attributes.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .sum()
+    }
+
+    pub async fn source(&self) -> SqsSource {
+        let mut config = sqs_config(&self.name);
+        config.queue_url = Some(self.url.clone());
+        SqsSource::connect(&config).await.unwrap()
+    }
+
+    pub async fn delete(self) {
+        let _ = self.client.delete_queue().queue_url(&self.url).send().await;
+    }
+}
+
+pub fn sqs_config(queue: &str) -> SqsConfig {
+    SqsConfig {
+        endpoint_url: Some(sqs_endpoint()),
+        queue_name: queue.into(),
+        wait_time_seconds: 1,
+        ..SqsConfig::default()
+    }
+}
+
+/// Settings for a short test drain.
+pub fn settings() -> Settings {
+    Settings {
+        receivers: 4,
+        batch_max_rows: 200,
+        flush_interval: Duration::from_millis(20),
+        delete_concurrency: 4,
+        until_empty: true,
+        delete_rejected: true,
+    }
+}
+
+pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings: Settings) -> Pipeline<S> {
+    Pipeline {
+        source: Arc::new(source),
+        sink: db.sink(),
+        ledger,
+        masker: masker(),
+        rules: Rules::default(),
+        settings,
+        stats: Arc::new(Stats::default()),
+    }
+}
+
+/// Runs a pipeline until the queue is empty, failing the test if it takes longer than `limit`.
+pub async fn drain<S: Source>(pipeline: Pipeline<S>, limit: Duration) -> Report {
+    tokio::time::timeout(limit, pipeline.run(CancellationToken::new()))
+        .await
+        .expect("the drain finished in time")
+}
+
+/// The sample queue content shipped with the repo (99 logins, one malformed message).
+pub fn sample() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// The first `n` valid logins of the sample.
+pub fn logins(n: usize) -> Vec<String> {
+    sample().into_iter().filter(|l| l.contains("user_id")).take(n).collect()
+}
+
+/// Polls `sql` (a count) until it reaches `want`, failing the test after 30 s.
+pub async fn wait_for_count(db: &TestDb, sql: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = db.count(sql).await;
+        if n >= want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{sql} stayed at {n}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A config for the binary, pointing at this test's database and queue.
+pub fn binary_env(db: &TestDb, queue: &TestQueue, ledger_dir: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        ("PII_INGEST__POSTGRES__URL".into(), db.url.clone()),
+        ("PII_INGEST__SQS__ENDPOINT_URL".into(), sqs_endpoint()),
+        ("PII_INGEST__SQS__QUEUE_NAME".into(), queue.name.clone()),
+        ("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "1".into()),
+        ("PII_INGEST__LEDGER__PATH".into(), ledger_dir.join("ledger").display().to_string()),
+        ("PII_INGEST__MASKING__KEY".into(), TEST_KEY.into()),
+        ("PII_INGEST__LOG__FILTER".into(), "warn".into()),
+    ]
+}
