@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: makes sure Postgres is up, installs and starts the SQS emulator
+# (LocalStack, pinned, in .venv/), then runs every unit and integration test. Extra arguments go to
+# `cargo test` (for example `scripts/test.sh exactly_once`).
+set -euo pipefail
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
+
+scripts/postgres.sh
+scripts/emulator.sh start
+
+# Databases of earlier runs whose tests failed before cleaning up after themselves.
+if command -v psql >/dev/null 2>&1; then
+  psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'pii_it_%'" 2>/dev/null |
+    while read -r name; do
+      psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+fi
+
+cargo test --locked "$@"
