@@ -28,7 +28,7 @@ pub enum RejectReason {
     WrongType,
     /// A text field is longer than its column.
     TooLong,
-    /// A text field holds a NUL or other control character Postgres or analysts cannot take.
+    /// A text field holds a NUL character, which Postgres text cannot store.
     InvalidText,
     /// `ip` is not an IPv4 or IPv6 address.
     InvalidIp,
@@ -215,12 +215,9 @@ fn text(value: &Value, field: &'static str, max: usize) -> Result<String, Reject
             format!("{field} is {chars} characters, at most {max} fit"),
         ));
     }
-    if s.chars().any(|c| c == '\0' || (c.is_control() && c != '\t')) {
-        return Err(Reject::new(
-            RejectReason::InvalidText,
-            Some(field),
-            format!("{field} contains a NUL or control character"),
-        ));
+    // NUL is the one character Postgres text cannot hold; any other Unicode is the producer's text.
+    if s.contains('\0') {
+        return Err(Reject::new(RejectReason::InvalidText, Some(field), format!("{field} contains a NUL character")));
     }
     Ok(s.clone())
 }
@@ -336,6 +333,59 @@ mod tests {
         assert_eq!(codes.len(), RejectReason::ALL.len());
         for (i, r) in RejectReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn login_json(user_id: &str, ip: &str, device_id: &str, locale: Option<&str>) -> String {
+        serde_json::json!({
+            "user_id": user_id, "app_version": "2.3.0", "device_type": "ios",
+            "ip": ip, "locale": locale, "device_id": device_id,
+        })
+        .to_string()
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body, &Rules::default());
+        }
+
+        #[test]
+        fn any_valid_login_round_trips_its_fields(
+            user_id in "[^\\x00-\\x1f]{1,128}",
+            ip in any::<std::net::IpAddr>(),
+            device_id in "[0-9]{3}-[0-9]{2}-[0-9]{4}",
+            locale in proptest::option::of("[A-Z]{2}"),
+        ) {
+            prop_assume!(!user_id.trim().is_empty());
+            let body = login_json(&user_id, &ip.to_string(), &device_id, locale.as_deref());
+            let login = parse(body.as_bytes(), &Rules::default()).map_err(|r| TestCaseError::fail(r.to_string()))?;
+            prop_assert_eq!(login.user_id, user_id);
+            prop_assert_eq!(login.ip, ip.to_string());
+            prop_assert_eq!(login.device_id, device_id);
+            prop_assert_eq!(login.locale, locale);
+        }
+
+        #[test]
+        fn a_reject_never_quotes_the_offending_value(value in "[a-zA-Z0-9.:_-]{6,40}") {
+            // As an ip (invalid unless it happens to parse), a device type, and a too-long locale.
+            let mut bodies = vec![
+                login_json("u", &value, "1", None),
+                serde_json::json!({"user_id": "u", "app_version": "1", "device_type": value, "ip": "1.1.1.1", "device_id": "d"}).to_string(),
+                login_json("u", "1.1.1.1", "d", Some(&format!("{value}{}", "x".repeat(40)))),
+            ];
+            bodies.push(serde_json::json!({"ip": value}).to_string());
+            for body in bodies {
+                if let Err(reject) = parse(body.as_bytes(), &Rules::default()) {
+                    prop_assert!(!reject.detail.contains(&value), "{} quotes {}", reject.detail, value);
+                }
+            }
         }
     }
 }

@@ -157,3 +157,32 @@ mod tests {
         assert_eq!(masker.mask_body(br#"["1.2.3.4"]"#), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn tokens_are_deterministic_64_hex_and_key_dependent(value in ".*", key in proptest::collection::vec(any::<u8>(), 32..64)) {
+            let masker = Masker::new(&key, None).unwrap();
+            let token = masker.token(&value);
+            prop_assert_eq!(token.len(), 64);
+            prop_assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            prop_assert_eq!(&token, &masker.token(&value));
+            let mut other_key = key.clone();
+            other_key[0] ^= 1;
+            prop_assert_ne!(token, Masker::new(&other_key, None).unwrap().token(&value));
+        }
+
+        #[test]
+        fn a_masked_body_never_contains_the_raw_pii(ip in "[0-9.:g-z]{8,40}", device_id in "[0-9-g-z]{8,40}", rest in "[a-z ]{0,20}") {
+            let masker = Masker::new(&[9; 32], None).unwrap();
+            let body = serde_json::json!({"ip": ip, "device_id": device_id, "note": rest}).to_string();
+            let masked = masker.mask_body(body.as_bytes()).unwrap();
+            prop_assert!(!masked.contains(&ip));
+            prop_assert!(!masked.contains(&device_id));
+        }
+    }
+}

@@ -5,11 +5,35 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Libraries that log request or response payloads (message bodies, SQL parameters) at debug or trace.
+/// They are capped at `info` whatever the filter says, so raw PII cannot reach a log at any level.
+const PAYLOAD_LOGGERS: [&str; 9] = [
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http",
+    "aws_smithy_http_client",
+    "aws_sdk_sqs",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tokio_postgres",
+];
+
+/// The filter for `RUST_LOG` or `configured`, with payload-logging libraries capped.
+pub fn filter(configured: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(configured))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGERS {
+        // A directive for a plain target name always parses.
+        filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
+    }
+    filter
+}
+
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter(&config.filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.format {
         LogFormat::Text => builder.with_target(false).init(),

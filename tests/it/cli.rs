@@ -71,3 +71,74 @@ async fn check_config_never_prints_the_key() {
     assert!(!text.contains(key), "{text}");
     assert!(text.contains("masking key: ok"), "{text}");
 }
+
+#[tokio::test]
+async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = binary_env(&db, &queue, dir.path());
+    env.retain(|(k, _)| !k.ends_with("LOG__FILTER"));
+    env.push(("RUST_LOG".into(), "trace".into()));
+    // The sample plus bad messages that carry PII in every position a log could pick it up from.
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pii-corpus.jsonl");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let mut raw: Vec<String> = Vec::new();
+    for line in std::fs::read_to_string(sample).unwrap().lines().chain(std::fs::read_to_string(corpus).unwrap().lines()) {
+        if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(line) {
+            for field in ["ip", "device_id"] {
+                match o.get(field) {
+                    Some(serde_json::Value::String(s)) => raw.push(s.clone()),
+                    Some(other) if !other.is_null() => raw.push(other.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    raw.push("203.0.113.99".into()); // inside the non-JSON line of the corpus
+    raw.push("888-99-0000".into());
+    raw.push("198.51.100.13".into());
+    assert!(raw.len() > 200);
+
+    let mut output = String::new();
+    let mut run = |args: &[&str]| {
+        let out = pii_ingest_with_trace(&env, args);
+        output.push_str(&String::from_utf8_lossy(&out.stdout));
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{output}");
+    };
+    run(&["migrate"]);
+    run(&["seed", "--file", sample]);
+    run(&["seed", "--file", corpus]);
+    run(&["run", "--until-empty"]);
+    assert!(output.contains("TRACE") || output.contains("DEBUG"), "the run really logged verbosely");
+
+    let mut ledger_bytes = Vec::new();
+    for entry in walk(&dir.path().join("ledger")) {
+        ledger_bytes.extend(std::fs::read(entry).unwrap());
+    }
+    let ledger_text = String::from_utf8_lossy(&ledger_bytes);
+    for value in &raw {
+        assert!(!output.contains(value.as_str()), "raw value {value:?} reached the output");
+        assert!(!ledger_text.contains(value.as_str()), "raw value {value:?} reached the ledger");
+    }
+    db.drop().await;
+    queue.delete().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+pub fn pii_ingest_with_trace(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/config.toml"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the binary runs")
+}

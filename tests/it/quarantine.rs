@@ -126,3 +126,26 @@ async fn dead_letter_mode_leaves_rejects_for_the_redrive_policy_and_still_record
     queue.delete().await;
     dlq.delete().await;
 }
+
+#[tokio::test]
+async fn bodies_near_the_sqs_size_limit_are_handled() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let mut big_login: serde_json::Value = serde_json::from_str(&support::logins(1)[0]).unwrap();
+    big_login["padding"] = "p".repeat(250 * 1024).into();
+    let big_garbage = format!("<{}>", "g".repeat(250 * 1024));
+    let unicode: serde_json::Value = {
+        let mut v: serde_json::Value = serde_json::from_str(&support::logins(2)[1]).unwrap();
+        v["user_id"] = "Zoë \"O'Brien\"; DROP TABLE user_logins; -- 🙂".into();
+        v
+    };
+    queue.send_bodies([big_login.to_string(), big_garbage, unicode.to_string()]).await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+
+    assert_eq!(report.written, 2, "{report}");
+    assert_eq!(report.unknown_fields, 1, "the padding field was counted and dropped");
+    assert_eq!(report.quarantined.get("not_json"), Some(&1));
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE user_id LIKE 'Zoë \"O''Brien\"; DROP TABLE%🙂'").await, 1);
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 250 * 1024").await, 1);
+    db.drop().await;
+    queue.delete().await;
+}
