@@ -26,23 +26,32 @@ pub enum StartError {
 }
 
 /// A pipeline over the configured queue, database and ledger, ready to `run`.
-pub async fn pipeline(config: &Config, until_empty: bool) -> Result<Pipeline<SqsSource>, StartError> {
+pub async fn pipeline(
+    config: &Config,
+    until_empty: bool,
+) -> Result<Pipeline<SqsSource>, StartError> {
     let masker = config.masker()?;
     let url = config.postgres.url.expose();
     db::migrate(url, false).await?;
     let sink = PgSink::new(db::pool(url, config.postgres.pool_size)?);
     let source = SqsSource::connect(&config.sqs).await?;
     let ledger = open_ledger(config).await?;
+    ledger.bind(&db::database_id(url).await?)?;
     tracing::info!(
-        queue = source.queue_url(), mask_key_id = masker.key_id(), ledger.entries = ledger.len(),
-        receivers = config.pipeline.receivers, "pipeline ready"
+        queue = source.queue_url(),
+        mask_key_id = masker.key_id(),
+        ledger.entries = ledger.len(),
+        receivers = config.pipeline.receivers,
+        "pipeline ready"
     );
     Ok(Pipeline {
         source: Arc::new(source),
         sink,
         ledger: Arc::new(ledger),
         masker,
-        rules: Rules { device_types: config.validation.device_types.clone() },
+        rules: Rules {
+            device_types: config.validation.device_types.clone(),
+        },
         settings: Settings::from_config(&config.pipeline, until_empty),
         stats: Arc::new(Stats::default()),
     })
@@ -60,7 +69,10 @@ async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
         let (ledger, _) = Ledger::open(&path)?;
         let pruned = ledger.prune(retention);
         if pruned > 0 {
-            tracing::info!(ledger.pruned = pruned, "pruned ledger entries older than retention");
+            tracing::info!(
+                ledger.pruned = pruned,
+                "pruned ledger entries older than retention"
+            );
         }
         Ok(ledger)
     })

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "pii-ingest", version, about = "Drain login events from SQS into Postgres exactly once, PII masked")]
+#[command(
+    name = "pii-ingest",
+    version,
+    about = "Drain login events from SQS into Postgres exactly once, PII masked"
+)]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -39,7 +43,12 @@ pub enum Command {
     /// Send messages to the queue, creating it if missing.
     Seed {
         /// Send each non-blank line of a JSONL file as one message.
-        #[arg(long, value_name = "F.jsonl", conflicts_with = "generate", required_unless_present = "generate")]
+        #[arg(
+            long,
+            value_name = "F.jsonl",
+            conflicts_with = "generate",
+            required_unless_present = "generate"
+        )]
         file: Option<PathBuf>,
         /// Send N synthetic logins shaped like the sample.
         #[arg(long, value_name = "N")]

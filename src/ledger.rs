@@ -23,6 +23,8 @@ pub enum LedgerError {
         #[source]
         source: sled::Error,
     },
+    #[error("ledger store failed")]
+    Io(#[source] sled::Error),
     #[error("could not move the unreadable ledger store {path} aside")]
     MoveAside {
         path: PathBuf,
@@ -56,9 +58,14 @@ impl Ledger {
                     ledger.path = %path.display(), ledger.moved_to = %aside.display(), error = %error,
                     "ledger store will not open; moving it aside and starting an empty one (costs speed, not correctness)"
                 );
-                std::fs::rename(path, &aside)
-                    .map_err(|source| LedgerError::MoveAside { path: path.to_owned(), source })?;
-                let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
+                std::fs::rename(path, &aside).map_err(|source| LedgerError::MoveAside {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let db = sled::open(path).map_err(|source| LedgerError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 Ok((Ledger { db }, Opened::MovedAside(aside)))
             }
         }
@@ -66,7 +73,10 @@ impl Ledger {
 
     /// A ledger that lives in memory only (for replays and tests that want no local state).
     pub fn temporary() -> Ledger {
-        let db = sled::Config::new().temporary(true).open().expect("a temporary sled store needs no disk");
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .expect("a temporary sled store needs no disk");
         Ledger { db }
     }
 
@@ -101,12 +111,39 @@ impl Ledger {
         let mut removed = 0;
         for entry in self.db.iter() {
             let Ok((key, value)) = entry else { continue };
-            let stamp = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let stamp = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             if stamp < cutoff && self.db.remove(&key).is_ok() {
                 removed += 1;
             }
         }
         removed
+    }
+
+    /// Ties the ledger to the database it caches. A ledger bound to another database (wiped,
+    /// recreated, another URL) holds ids that were never committed there: trusting it would delete
+    /// messages without rows, so it is cleared. Returns whether it was cleared.
+    pub fn bind(&self, database_id: &str) -> Result<bool, LedgerError> {
+        let meta = self.db.open_tree("meta").map_err(LedgerError::Io)?;
+        let bound = meta.get("database_id").map_err(LedgerError::Io)?;
+        if bound.as_deref() == Some(database_id.as_bytes()) {
+            return Ok(false);
+        }
+        let stale = !self.db.is_empty();
+        if stale {
+            tracing::warn!(
+                ledger.entries = self.db.len(),
+                "ledger belongs to another database; clearing it"
+            );
+            self.db.clear().map_err(LedgerError::Io)?;
+        }
+        meta.insert("database_id", database_id.as_bytes())
+            .map_err(LedgerError::Io)?;
+        self.db.flush().map_err(LedgerError::Io)?;
+        Ok(stale)
     }
 
     /// Number of ids held.
@@ -129,13 +166,19 @@ impl Ledger {
 
 fn aside_path(path: &Path) -> PathBuf {
     let stamp = now_millis();
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".unreadable-{stamp}"));
     path.with_file_name(name)
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -165,11 +208,27 @@ mod tests {
         // A plain file where sled expects a directory: sled cannot open it.
         std::fs::write(&path, b"garbage").unwrap();
         let (ledger, opened) = Ledger::open(&path).unwrap();
-        let Opened::MovedAside(aside) = opened else { panic!("expected the store to be moved aside") };
+        let Opened::MovedAside(aside) = opened else {
+            panic!("expected the store to be moved aside")
+        };
         assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
         assert!(ledger.is_empty());
         ledger.record(["x"]);
         assert!(ledger.contains("x"));
+    }
+
+    #[test]
+    fn a_ledger_meeting_another_database_is_cleared() {
+        let ledger = Ledger::temporary();
+        assert!(
+            !ledger.bind("db-1").unwrap(),
+            "a new ledger has nothing to clear"
+        );
+        ledger.record(["a"]);
+        assert!(!ledger.bind("db-1").unwrap());
+        assert!(ledger.contains("a"));
+        assert!(ledger.bind("db-2").unwrap());
+        assert!(!ledger.contains("a") && ledger.is_empty());
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub struct Masker {
 
 impl std::fmt::Debug for Masker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Masker").field("key", &"[redacted]").field("key_id", &self.key_id).finish()
+        f.debug_struct("Masker")
+            .field("key", &"[redacted]")
+            .field("key_id", &self.key_id)
+            .finish()
     }
 }
 
@@ -46,7 +49,10 @@ impl Masker {
         }
         // HMAC accepts keys of any length, so this cannot fail.
         let mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        let mut masker = Masker { mac, key_id: String::new() };
+        let mut masker = Masker {
+            mac,
+            key_id: String::new(),
+        };
         masker.key_id = match key_id {
             Some(id) => id.to_owned(),
             None => format!("hmac-{}", &masker.token("pii-ingest/key-id")[..12]),
@@ -109,7 +115,10 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(
-            hmac_hex(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First"),
+            hmac_hex(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            ),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }
@@ -118,7 +127,10 @@ mod tests {
     fn masker_token_is_the_hmac_of_the_value_under_the_key() {
         let key = "k".repeat(32);
         let masker = Masker::new(key.as_bytes(), Some("k1")).unwrap();
-        assert_eq!(masker.token("10.0.0.1"), hmac_hex(key.as_bytes(), b"10.0.0.1"));
+        assert_eq!(
+            masker.token("10.0.0.1"),
+            hmac_hex(key.as_bytes(), b"10.0.0.1")
+        );
         assert_eq!(masker.token("10.0.0.1"), masker.token("10.0.0.1"));
         assert_ne!(masker.token("10.0.0.1"), masker.token("10.0.0.2"));
         assert_eq!(masker.token("x").len(), 64);
@@ -135,7 +147,10 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
-        assert_eq!(Masker::new(b"short", None).unwrap_err(), KeyError::TooShort(5));
+        assert_eq!(
+            Masker::new(b"short", None).unwrap_err(),
+            KeyError::TooShort(5)
+        );
     }
 
     #[test]

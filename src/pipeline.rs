@@ -88,7 +88,8 @@ impl<S: Source> Pipeline<S> {
         let drained = CancellationToken::new();
         let receivers = TaskTracker::new();
         for _ in 0..this.settings.receivers {
-            let (this, tx, stop, drained) = (this.clone(), tx.clone(), stop.clone(), drained.clone());
+            let (this, tx, stop, drained) =
+                (this.clone(), tx.clone(), stop.clone(), drained.clone());
             receivers.spawn(async move { this.receive_loop(tx, stop, drained).await });
         }
         receivers.close();
@@ -102,7 +103,12 @@ impl<S: Source> Pipeline<S> {
         this.stats.report()
     }
 
-    async fn receive_loop(&self, tx: mpsc::Sender<Vec<Delivery>>, stop: CancellationToken, drained: CancellationToken) {
+    async fn receive_loop(
+        &self,
+        tx: mpsc::Sender<Vec<Delivery>>,
+        stop: CancellationToken,
+        drained: CancellationToken,
+    ) {
         let mut failures = 0u32;
         loop {
             let result = tokio::select! {
@@ -113,7 +119,8 @@ impl<S: Source> Pipeline<S> {
             match result {
                 Ok(batch) if batch.is_empty() => {
                     failures = 0;
-                    if self.settings.until_empty && self.source.is_drained().await.unwrap_or(false) {
+                    if self.settings.until_empty && self.source.is_drained().await.unwrap_or(false)
+                    {
                         drained.cancel();
                         return;
                     }
@@ -140,7 +147,12 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Groups received batches into transactions until every receiver has stopped.
-    async fn write_loop(self: &Arc<Self>, mut rx: mpsc::Receiver<Vec<Delivery>>, deletes: &TaskTracker, stop: &CancellationToken) {
+    async fn write_loop(
+        self: &Arc<Self>,
+        mut rx: mpsc::Receiver<Vec<Delivery>>,
+        deletes: &TaskTracker,
+        stop: &CancellationToken,
+    ) {
         let permits = Arc::new(Semaphore::new(self.settings.delete_concurrency));
         while let Some(mut batch) = rx.recv().await {
             let deadline = Instant::now() + self.settings.flush_interval;
@@ -155,7 +167,13 @@ impl<S: Source> Pipeline<S> {
     }
 
     /// Steps 1 to 5 for one batch.
-    async fn process(self: &Arc<Self>, batch: Vec<Delivery>, deletes: &TaskTracker, permits: &Arc<Semaphore>, stop: &CancellationToken) {
+    async fn process(
+        self: &Arc<Self>,
+        batch: Vec<Delivery>,
+        deletes: &TaskTracker,
+        permits: &Arc<Semaphore>,
+        stop: &CancellationToken,
+    ) {
         let started = Instant::now();
         let size = batch.len();
         let mut seen = HashSet::with_capacity(size);
@@ -174,7 +192,18 @@ impl<S: Source> Pipeline<S> {
                 judged.push((delivery, verdict));
             }
         }
-        let Some(Committed { written, refused }) = self.commit(&judged, stop).await else {
+        let in_hand: Vec<String> = judged
+            .iter()
+            .map(|(d, _)| d.receipt_handle.clone())
+            .chain(in_batch.iter().cloned())
+            .collect();
+        let committing = self.commit(&judged, stop);
+        let outcome = tokio::select! {
+            biased;
+            outcome = committing => outcome,
+            never = self.keep_invisible(&in_hand) => match never {},
+        };
+        let Some(Committed { written, refused }) = outcome else {
             Stats::add(&self.stats.abandoned, judged.len() + in_batch.len());
             self.delete(skipped, deletes, permits);
             return;
@@ -214,8 +243,31 @@ impl<S: Source> Pipeline<S> {
             to_delete.push(delivery.receipt_handle.clone());
         }
         self.ledger.record(committed);
-        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
+        tracing::debug!(
+            batch.size = size,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
         self.delete(to_delete, deletes, permits);
+    }
+
+    /// While a batch is being written, renews its deliveries' invisibility every half visibility
+    /// timeout, so a slow or unreachable database does not cause a storm of redeliveries. Never
+    /// returns: it is dropped when the write finishes.
+    async fn keep_invisible(&self, handles: &[String]) -> std::convert::Infallible {
+        let timeout = self.source.visibility_timeout().max(Duration::from_secs(1));
+        let seconds = timeout.as_secs() as u32;
+        loop {
+            tokio::time::sleep(timeout / 2).await;
+            for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
+                match self.source.extend(chunk, seconds).await {
+                    Ok(()) => Stats::add(&self.stats.visibility_extended, chunk.len()),
+                    Err(error) => {
+                        tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", "could not extend visibility; the batch may be redelivered (and then skipped)")
+                    }
+                }
+            }
+        }
     }
 
     /// Parses, validates and masks one delivery.
@@ -262,7 +314,11 @@ impl<S: Source> Pipeline<S> {
 
     /// Writes the judged rows, retrying transient failures with backoff and isolating rows Postgres
     /// refuses. `None` when a stop came while the database was unreachable: nothing was committed.
-    async fn commit(&self, judged: &[(Delivery, Judged)], stop: &CancellationToken) -> Option<Committed> {
+    async fn commit(
+        &self,
+        judged: &[(Delivery, Judged)],
+        stop: &CancellationToken,
+    ) -> Option<Committed> {
         let mut written = Written::default();
         let mut refused = HashMap::new();
         // A stack of slices still to write; a slice that fails for its data is split in two.
@@ -285,10 +341,18 @@ impl<S: Source> Pipeline<S> {
                     pending.push(right);
                     pending.push(left);
                 }
-                Err(error) if error.disposition() == Disposition::DataError && self.sink.ping().await => {
+                Err(error)
+                    if error.disposition() == Disposition::DataError && self.sink.ping().await =>
+                {
                     let (delivery, _) = &part[0];
-                    let reject = Reject { reason: RejectReason::DbRejected, field: None, detail: format!("Postgres refused the row: {}", error.summary()) };
-                    let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else { unreachable!() };
+                    let reject = Reject {
+                        reason: RejectReason::DbRejected,
+                        field: None,
+                        detail: format!("Postgres refused the row: {}", error.summary()),
+                    };
+                    let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else {
+                        unreachable!()
+                    };
                     let stored = match self.sink.write(&[], std::slice::from_ref(&record)).await {
                         Ok(w) if w.quarantined.is_empty() => {
                             Stats::add(&self.stats.duplicate_database, 1);
@@ -327,10 +391,18 @@ impl<S: Source> Pipeline<S> {
     /// Deletes receipt handles in batches of 10 on the delete tasks, retrying failed entries.
     fn delete(&self, handles: Vec<String>, deletes: &TaskTracker, permits: &Arc<Semaphore>) {
         for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
-            let (source, stats, permits, chunk) = (self.source.clone(), self.stats.clone(), permits.clone(), chunk.to_vec());
+            let (source, stats, permits, chunk) = (
+                self.source.clone(),
+                self.stats.clone(),
+                permits.clone(),
+                chunk.to_vec(),
+            );
             deletes.spawn(async move {
                 // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                let _permit = permits
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
                 delete_with_retry(&*source, chunk, &stats).await;
             });
         }
@@ -361,17 +433,24 @@ async fn delete_with_retry<S: Source>(source: &S, mut handles: Vec<String>, stat
                 }
                 handles = outcome.failed;
             }
-            Err(error) => tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", attempt, "delete failed"),
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", attempt, "delete failed")
+            }
         }
         tokio::time::sleep(backoff(attempt)).await;
     }
     Stats::add(&stats.delete_failed, handles.len());
-    tracing::warn!(count = handles.len(), "deletes still failing; those messages will be redelivered and skipped as duplicates");
+    tracing::warn!(
+        count = handles.len(),
+        "deletes still failing; those messages will be redelivered and skipped as duplicates"
+    );
 }
 
 /// Exponential backoff with full jitter: up to 100 ms x 2^(n-1), capped at 10 s.
 pub fn backoff(failures: u32) -> Duration {
-    let ceiling = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(7)).min(10_000);
+    let ceiling = 100u64
+        .saturating_mul(1 << failures.saturating_sub(1).min(7))
+        .min(10_000);
     Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
 }
 

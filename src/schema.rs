@@ -1,6 +1,14 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    ingest_meta (singleton) {
+        singleton -> Bool,
+        database_id -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     quarantined_messages (id) {
         id -> Int8,
         #[max_length = 128]
@@ -47,4 +55,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(quarantined_messages, user_logins,);
+diesel::allow_tables_to_appear_in_same_query!(ingest_meta, quarantined_messages, user_logins,);

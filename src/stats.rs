@@ -24,6 +24,8 @@ pub struct Stats {
     pub left_for_redrive: AtomicU64,
     pub unknown_fields: AtomicU64,
     pub retries: AtomicU64,
+    /// Deliveries whose visibility was extended while their batch was slow to commit.
+    pub visibility_extended: AtomicU64,
     quarantined: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -51,6 +53,7 @@ impl Stats {
             left_for_redrive: get(&self.left_for_redrive),
             unknown_fields: get(&self.unknown_fields),
             retries: get(&self.retries),
+            visibility_extended: get(&self.visibility_extended),
             quarantined: RejectReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), get(&self.quarantined[r.index()])))
@@ -74,6 +77,7 @@ pub struct Report {
     pub left_for_redrive: u64,
     pub unknown_fields: u64,
     pub retries: u64,
+    pub visibility_extended: u64,
     /// Quarantined messages by reason code.
     pub quarantined: BTreeMap<&'static str, u64>,
 }
@@ -89,7 +93,8 @@ impl Report {
 
     /// Whether every received delivery is accounted for.
     pub fn reconciles(&self) -> bool {
-        self.received == self.written + self.quarantined_total() + self.duplicates() + self.abandoned
+        self.received
+            == self.written + self.quarantined_total() + self.duplicates() + self.abandoned
     }
 }
 
@@ -110,17 +115,33 @@ impl std::fmt::Display for Report {
             writeln!(f, "  {reason:<18}{n:>9}")?;
         }
         if self.abandoned > 0 {
-            writeln!(f, "abandoned at stop   {:>9}   (not deleted: SQS redelivers them)", self.abandoned)?;
+            writeln!(
+                f,
+                "abandoned at stop   {:>9}   (not deleted: SQS redelivers them)",
+                self.abandoned
+            )?;
         }
         writeln!(f, "deleted from SQS    {:>9}", self.deleted)?;
         if self.delete_failed > 0 {
-            writeln!(f, "deletes failed      {:>9}   (harmless: redelivered, then skipped)", self.delete_failed)?;
+            writeln!(
+                f,
+                "deletes failed      {:>9}   (harmless: redelivered, then skipped)",
+                self.delete_failed
+            )?;
         }
         if self.left_for_redrive > 0 {
-            writeln!(f, "left for redrive    {:>9}   (dead-letter mode)", self.left_for_redrive)?;
+            writeln!(
+                f,
+                "left for redrive    {:>9}   (dead-letter mode)",
+                self.left_for_redrive
+            )?;
         }
         if self.unknown_fields > 0 {
-            writeln!(f, "unknown fields      {:>9}   (dropped, not stored)", self.unknown_fields)?;
+            writeln!(
+                f,
+                "unknown fields      {:>9}   (dropped, not stored)",
+                self.unknown_fields
+            )?;
         }
         let verdict = if self.reconciles() { "ok" } else { "MISMATCH" };
         write!(

@@ -80,7 +80,9 @@ pub enum SinkError {
 impl SinkError {
     /// Retry or split: the single decision point for database failures.
     pub fn disposition(&self) -> Disposition {
-        let SinkError::Query(error) = self else { return Disposition::Retry };
+        let SinkError::Query(error) = self else {
+            return Disposition::Retry;
+        };
         match error {
             DieselError::DatabaseError(kind, _) => match kind {
                 DatabaseErrorKind::UniqueViolation
@@ -93,7 +95,9 @@ impl SinkError {
                 DatabaseErrorKind::Unknown => Disposition::DataError,
                 _ => Disposition::Retry,
             },
-            DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
+            DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => {
+                Disposition::DataError
+            }
             _ => Disposition::Retry,
         }
     }
@@ -130,7 +134,11 @@ impl PgSink {
     }
 
     /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
-    pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
+    pub async fn write(
+        &self,
+        logins: &[NewLogin],
+        quarantined: &[NewQuarantined],
+    ) -> Result<Written, SinkError> {
         let mut conn = self.pool.get().await.map_err(SinkError::Pool)?;
         conn.transaction(async |conn| insert_all(conn, logins, quarantined).await)
             .await
@@ -139,8 +147,13 @@ impl PgSink {
 
     /// Whether the server answers a trivial query (used before blaming a row for a failure).
     pub async fn ping(&self) -> bool {
-        let Ok(mut conn) = self.pool.get().await else { return false };
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+        let Ok(mut conn) = self.pool.get().await else {
+            return false;
+        };
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .is_ok()
     }
 }
 

@@ -54,8 +54,22 @@ pub trait Source: Send + Sync + 'static {
     fn receive(&self) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
 
     /// Deletes up to 10 deliveries by receipt handle and reports each entry's fate.
-    fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
+    fn delete(
+        &self,
+        receipt_handles: &[String],
+    ) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
 
     /// True when the queue holds no visible, in-flight or delayed message.
     fn is_drained(&self) -> impl Future<Output = Result<bool, SourceError>> + Send;
+
+    /// Keeps up to 10 deliveries invisible for another `seconds`, while their batch is still being
+    /// worked on. Failures are reported but harmless (the message may be redelivered and skipped).
+    fn extend(
+        &self,
+        receipt_handles: &[String],
+        seconds: u32,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// How long a received message stays invisible (the queue's visibility timeout).
+    fn visibility_timeout(&self) -> std::time::Duration;
 }

@@ -3,7 +3,12 @@
 //! whether it is drained.
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
+};
 use chrono::{DateTime, Utc};
 
 use super::{Deleted, Delivery, Source, SourceError};
@@ -20,6 +25,8 @@ pub struct SqsSource {
     wait_time_seconds: i32,
     /// Message attribute that carries a producer's idempotency key, if the config names one.
     idempotency_attribute: Option<String>,
+    /// The queue's VisibilityTimeout, read at connect.
+    visibility_timeout: Duration,
 }
 
 impl SqsSource {
@@ -30,11 +37,16 @@ impl SqsSource {
             Some(url) => url.clone(),
             None => queue_url(&client, &config.queue_name).await?,
         };
+        let visibility_timeout = read_visibility_timeout(&client, &queue_url).await?;
         Ok(SqsSource {
             client,
             queue_url,
+            visibility_timeout,
             wait_time_seconds: config.wait_time_seconds as i32,
-            idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
+            idempotency_attribute: config
+                .idempotency_key_attribute
+                .clone()
+                .filter(|a| !a.is_empty()),
         })
     }
 
@@ -50,8 +62,11 @@ impl SqsSource {
 
     fn to_delivery(&self, message: aws_sdk_sqs::types::Message) -> Option<Delivery> {
         let attributes = message.attributes();
-        let system = |name: MessageSystemAttributeName| attributes.and_then(|a| a.get(&name)).map(String::as_str);
-        let sent_ms = system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
+        let system = |name: MessageSystemAttributeName| {
+            attributes.and_then(|a| a.get(&name)).map(String::as_str)
+        };
+        let sent_ms =
+            system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
         let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
             .and_then(|s| s.parse().ok())
             .unwrap_or(1);
@@ -63,7 +78,9 @@ impl SqsSource {
         Some(Delivery {
             message_id,
             receipt_handle: message.receipt_handle()?.to_owned(),
-            sent_at: sent_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now),
+            sent_at: sent_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or_else(Utc::now),
             receive_count,
             body: message.body.unwrap_or_default().into_bytes(),
         })
@@ -83,8 +100,16 @@ impl Source for SqsSource {
         if let Some(name) = &self.idempotency_attribute {
             request = request.message_attribute_names(name);
         }
-        let output = request.send().await.map_err(|e| sqs_error("ReceiveMessage", e))?;
-        Ok(output.messages.unwrap_or_default().into_iter().filter_map(|m| self.to_delivery(m)).collect())
+        let output = request
+            .send()
+            .await
+            .map_err(|e| sqs_error("ReceiveMessage", e))?;
+        Ok(output
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| self.to_delivery(m))
+            .collect())
     }
 
     async fn delete(&self, receipt_handles: &[String]) -> Result<Deleted, SourceError> {
@@ -113,7 +138,37 @@ impl Source for SqsSource {
             .filter_map(|f| f.id().parse::<usize>().ok())
             .filter_map(|i| receipt_handles.get(i).cloned())
             .collect();
-        Ok(Deleted { ok: output.successful().len(), failed })
+        Ok(Deleted {
+            ok: output.successful().len(),
+            failed,
+        })
+    }
+
+    async fn extend(&self, receipt_handles: &[String], seconds: u32) -> Result<(), SourceError> {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(handle)
+                    .visibility_timeout(seconds as i32)
+                    .build()
+                    .expect("id and receipt handle are both set")
+            })
+            .collect();
+        self.client
+            .change_message_visibility_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", e))?;
+        Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
     }
 
     async fn is_drained(&self) -> Result<bool, SourceError> {
@@ -135,18 +190,41 @@ impl Source for SqsSource {
     }
 }
 
-/// An SQS client for `config`. With an `endpoint_url` (an emulator) and no AWS credentials in the
-/// environment, static test credentials are used so the SDK does not probe for instance metadata.
+async fn read_visibility_timeout(
+    client: &Client,
+    queue_url: &str,
+) -> Result<Duration, SourceError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map_err(|e| sqs_error("GetQueueAttributes", e))?;
+    let seconds = output
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    Ok(Duration::from_secs(seconds))
+}
+
+/// An SQS client for `config`: its endpoint (an emulator) if set, and static credentials if set,
+/// else the standard AWS credential chain.
 pub async fn client(config: &SqsConfig) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()));
     if let Some(endpoint) = &config.endpoint_url {
         loader = loader.endpoint_url(endpoint);
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-            loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "pii-ingest-emulator",
-            ));
-        }
+    }
+    if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            id.clone(),
+            secret.expose().to_owned(),
+            None,
+            None,
+            "pii-ingest-config",
+        ));
     }
     Client::new(&loader.load().await)
 }
@@ -155,7 +233,10 @@ pub async fn client(config: &SqsConfig) -> Client {
 pub async fn queue_url(client: &Client, name: &str) -> Result<String, SourceError> {
     match client.get_queue_url().queue_name(name).send().await {
         Ok(output) => Ok(output.queue_url.unwrap_or_default()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_queue_does_not_exist()) =>
+        {
             Err(SourceError::QueueNotFound(name.to_owned()))
         }
         Err(e) => Err(sqs_error("GetQueueUrl", e)),
@@ -166,6 +247,8 @@ fn sqs_error<E>(operation: &'static str, error: E) -> SourceError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    SourceError::Sqs { operation, source: Box::new(error) }
+    SourceError::Sqs {
+        operation,
+        source: Box::new(error),
+    }
 }
-

@@ -18,6 +18,12 @@ impl Source for DoubleDelivery {
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
         self.0.delete(handles).await
     }
+    async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
+        self.0.extend(handles, seconds).await
+    }
+    fn visibility_timeout(&self) -> Duration {
+        self.0.visibility_timeout()
+    }
     async fn is_drained(&self) -> Result<bool, SourceError> {
         self.0.is_drained().await
     }
@@ -32,7 +38,10 @@ pub struct FailFirstDeletes {
 
 impl FailFirstDeletes {
     pub fn new(inner: SqsSource) -> Self {
-        FailFirstDeletes { inner, first: Mutex::default() }
+        FailFirstDeletes {
+            inner,
+            first: Mutex::default(),
+        }
     }
     fn inner(&self) -> &SqsSource {
         &self.inner
@@ -43,7 +52,12 @@ impl Source for FailFirstDeletes {
     async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
         let batch = self.inner().receive().await?;
         let mut first = self.first.lock().unwrap();
-        first.extend(batch.iter().filter(|d| d.receive_count == 1).map(|d| d.receipt_handle.clone()));
+        first.extend(
+            batch
+                .iter()
+                .filter(|d| d.receive_count == 1)
+                .map(|d| d.receipt_handle.clone()),
+        );
         Ok(batch)
     }
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
@@ -51,9 +65,19 @@ impl Source for FailFirstDeletes {
             let first = self.first.lock().unwrap();
             handles.iter().cloned().partition(|h| first.contains(h))
         };
-        let mut outcome = if pass.is_empty() { Deleted::default() } else { self.inner().delete(&pass).await? };
+        let mut outcome = if pass.is_empty() {
+            Deleted::default()
+        } else {
+            self.inner().delete(&pass).await?
+        };
         outcome.failed.extend(fail);
         Ok(outcome)
+    }
+    async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
+        self.inner().extend(handles, seconds).await
+    }
+    fn visibility_timeout(&self) -> Duration {
+        self.inner().visibility_timeout()
     }
     async fn is_drained(&self) -> Result<bool, SourceError> {
         self.inner().is_drained().await
@@ -68,7 +92,16 @@ impl Source for NeverDelete {
         self.0.receive().await
     }
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
-        Ok(Deleted { ok: 0, failed: handles.to_vec() })
+        Ok(Deleted {
+            ok: 0,
+            failed: handles.to_vec(),
+        })
+    }
+    async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
+        self.0.extend(handles, seconds).await
+    }
+    fn visibility_timeout(&self) -> Duration {
+        self.0.visibility_timeout()
     }
     async fn is_drained(&self) -> Result<bool, SourceError> {
         self.0.is_drained().await
@@ -86,6 +119,12 @@ impl Source for SlowDelete {
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
         tokio::time::sleep(self.1).await;
         self.0.delete(handles).await
+    }
+    async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
+        self.0.extend(handles, seconds).await
+    }
+    fn visibility_timeout(&self) -> Duration {
+        self.0.visibility_timeout()
     }
     async fn is_drained(&self) -> Result<bool, SourceError> {
         self.0.is_drained().await

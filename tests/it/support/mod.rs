@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_KEY: &str = "integration-test-key-0123456789abcdef";
 
 pub fn server_url() -> String {
-    std::env::var("PII_INGEST_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("PII_INGEST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn sqs_endpoint() -> String {
@@ -53,12 +54,16 @@ impl TestDb {
                 server_url()
             );
         }
-        db::migrate(&url, true).await.expect("migrations apply to a fresh database");
+        db::migrate(&url, true)
+            .await
+            .expect("migrations apply to a fresh database");
         TestDb { url }
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url).await.expect("test database accepts connections")
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("test database accepts connections")
     }
 
     pub fn sink(&self) -> PgSink {
@@ -72,12 +77,18 @@ impl TestDb {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let rows: Vec<N> = diesel::sql_query(sql).load(&mut self.conn().await).await.unwrap();
+        let rows: Vec<N> = diesel::sql_query(sql)
+            .load(&mut self.conn().await)
+            .await
+            .unwrap();
         rows[0].n
     }
 
     pub async fn execute(&self, sql: &str) {
-        diesel::sql_query(sql).execute(&mut self.conn().await).await.unwrap();
+        diesel::sql_query(sql)
+            .execute(&mut self.conn().await)
+            .await
+            .unwrap();
     }
 
     pub async fn drop(self) {
@@ -98,7 +109,12 @@ impl TestQueue {
         let config = sqs_config("unused");
         let client = source::sqs::client(&config).await;
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
-        let url = match tokio::time::timeout(Duration::from_secs(10), seed::ensure_queue(&client, &name, visibility_secs)).await {
+        let url = match tokio::time::timeout(
+            Duration::from_secs(10),
+            seed::ensure_queue(&client, &name, visibility_secs),
+        )
+        .await
+        {
             Ok(Ok(url)) => url,
             outcome => panic!(
                 "the SQS emulator is not reachable at {} ({outcome:?}): start it with \
@@ -110,11 +126,29 @@ impl TestQueue {
     }
 
     pub async fn send(&self, messages: Vec<Outgoing>) {
-        seed::send(&self.client, &self.url, Some("idempotency-key"), messages, 8, |_| {}).await.unwrap();
+        seed::send(
+            &self.client,
+            &self.url,
+            Some("idempotency-key"),
+            messages,
+            8,
+            |_| {},
+        )
+        .await
+        .unwrap();
     }
 
     pub async fn send_bodies<S: Into<String>>(&self, bodies: impl IntoIterator<Item = S>) {
-        self.send(bodies.into_iter().map(|b| Outgoing { body: b.into(), key: None }).collect()).await;
+        self.send(
+            bodies
+                .into_iter()
+                .map(|b| Outgoing {
+                    body: b.into(),
+                    key: None,
+                })
+                .collect(),
+        )
+        .await;
     }
 
     /// Visible + in flight + delayed.
@@ -134,7 +168,12 @@ impl TestQueue {
             QueueAttributeName::ApproximateNumberOfMessagesDelayed,
         ]
         .iter()
-        .map(|k| attributes.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .map(|k| {
+            attributes
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
         .sum()
     }
 
@@ -152,6 +191,8 @@ impl TestQueue {
 pub fn sqs_config(queue: &str) -> SqsConfig {
     SqsConfig {
         endpoint_url: Some(sqs_endpoint()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some(pii_ingest::config::Secret("test".into())),
         queue_name: queue.into(),
         wait_time_seconds: 1,
         ..SqsConfig::default()
@@ -170,7 +211,12 @@ pub fn settings() -> Settings {
     }
 }
 
-pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings: Settings) -> Pipeline<S> {
+pub fn pipeline<S: Source>(
+    source: S,
+    db: &TestDb,
+    ledger: Arc<Ledger>,
+    settings: Settings,
+) -> Pipeline<S> {
     Pipeline {
         source: Arc::new(source),
         sink: db.sink(),
@@ -192,12 +238,20 @@ pub async fn drain<S: Source>(pipeline: Pipeline<S>, limit: Duration) -> Report 
 /// The sample queue content shipped with the repo (99 logins, one malformed message).
 pub fn sample() -> Vec<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The first `n` valid logins of the sample.
 pub fn logins(n: usize) -> Vec<String> {
-    sample().into_iter().filter(|l| l.contains("user_id")).take(n).collect()
+    sample()
+        .into_iter()
+        .filter(|l| l.contains("user_id"))
+        .take(n)
+        .collect()
 }
 
 /// Polls `sql` (a count) until it reaches `want`, failing the test after 30 s.
@@ -208,19 +262,31 @@ pub async fn wait_for_count(db: &TestDb, sql: &str, want: i64) {
         if n >= want {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{sql} stayed at {n}, expected {want}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} stayed at {n}, expected {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A config for the binary, pointing at this test's database and queue.
-pub fn binary_env(db: &TestDb, queue: &TestQueue, ledger_dir: &std::path::Path) -> Vec<(String, String)> {
+pub fn binary_env(
+    db: &TestDb,
+    queue: &TestQueue,
+    ledger_dir: &std::path::Path,
+) -> Vec<(String, String)> {
     vec![
         ("PII_INGEST__POSTGRES__URL".into(), db.url.clone()),
         ("PII_INGEST__SQS__ENDPOINT_URL".into(), sqs_endpoint()),
+        ("PII_INGEST__SQS__ACCESS_KEY_ID".into(), "test".into()),
+        ("PII_INGEST__SQS__SECRET_ACCESS_KEY".into(), "test".into()),
         ("PII_INGEST__SQS__QUEUE_NAME".into(), queue.name.clone()),
         ("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "1".into()),
-        ("PII_INGEST__LEDGER__PATH".into(), ledger_dir.join("ledger").display().to_string()),
+        (
+            "PII_INGEST__LEDGER__PATH".into(),
+            ledger_dir.join("ledger").display().to_string(),
+        ),
         ("PII_INGEST__MASKING__KEY".into(), TEST_KEY.into()),
         ("PII_INGEST__LOG__FILTER".into(), "warn".into()),
     ]
