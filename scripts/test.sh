@@ -18,3 +18,8 @@ if command -v psql >/dev/null 2>&1; then
 fi
 
 cargo test --locked "$@"
+if [ $# -eq 0 ]; then
+  # The default write method is COPY; the exactly-once and bad-input tests run again on INSERT.
+  echo "== integration tests again with the INSERT write method"
+  PII_INGEST_TEST_SINK=insert cargo test --locked --test it -- exactly_once:: quarantine::
+fi

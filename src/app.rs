@@ -9,7 +9,7 @@ use crate::db::{self, DbError};
 use crate::event::Rules;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pipeline::{Pipeline, Settings};
-use crate::sink::PgSink;
+use crate::sink::{CopySink, PgSink, Sink, WriteMethod};
 use crate::source::{SourceError, SqsSource};
 use crate::stats::Stats;
 
@@ -33,7 +33,10 @@ pub async fn pipeline(
     let masker = config.masker()?;
     let url = config.postgres.url.expose();
     db::migrate(url, false).await?;
-    let sink = PgSink::new(db::pool(url, config.postgres.pool_size)?);
+    let sink = match config.postgres.write_method {
+        WriteMethod::Insert => Sink::Insert(PgSink::new(db::pool(url, config.postgres.pool_size)?)),
+        WriteMethod::Copy => Sink::Copy(CopySink::new(url)),
+    };
     let source = SqsSource::connect(&config.sqs).await?;
     let ledger = open_ledger(config).await?;
     ledger.bind(&db::database_id(url).await?)?;

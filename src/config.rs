@@ -68,8 +68,10 @@ impl Default for SqsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     pub url: Secret,
-    /// Connections in the pool.
+    /// Connections in the pool (the INSERT write method and queries).
     pub pool_size: usize,
+    /// `copy` (COPY into a staging table, the fast default) or `insert` (multi-row INSERT).
+    pub write_method: crate::sink::WriteMethod,
 }
 
 impl Default for PostgresConfig {
@@ -77,6 +79,7 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: Secret("postgres://postgres@127.0.0.1:5432/pii_ingest".into()),
             pool_size: 4,
+            write_method: crate::sink::WriteMethod::default(),
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::event::{self, Reject, RejectReason, Rules};
 use crate::ledger::Ledger;
 use crate::mask::Masker;
-use crate::sink::{Disposition, NewLogin, NewQuarantined, PgSink, Written};
+use crate::sink::{Disposition, NewLogin, NewQuarantined, Sink, Written};
 use crate::source::{Delivery, Source};
 use crate::stats::{Report, Stats};
 
@@ -57,7 +57,7 @@ impl Settings {
 /// Everything a drain needs, wired together.
 pub struct Pipeline<S> {
     pub source: Arc<S>,
-    pub sink: PgSink,
+    pub sink: Sink,
     pub ledger: Arc<Ledger>,
     pub masker: Masker,
     pub rules: Rules,

@@ -75,13 +75,17 @@ pub enum SinkError {
     Pool(#[source] diesel_async::pooled_connection::deadpool::PoolError),
     #[error("Postgres refused the write")]
     Query(#[source] DieselError),
+    #[error("Postgres refused the COPY write")]
+    Copy(#[source] tokio_postgres::Error),
 }
 
 impl SinkError {
     /// Retry or split: the single decision point for database failures.
     pub fn disposition(&self) -> Disposition {
-        let SinkError::Query(error) = self else {
-            return Disposition::Retry;
+        let error = match self {
+            SinkError::Pool(_) => return Disposition::Retry,
+            SinkError::Copy(error) => return copy_disposition(error),
+            SinkError::Query(error) => error,
         };
         match error {
             DieselError::DatabaseError(kind, _) => match kind {
@@ -118,7 +122,29 @@ impl SinkError {
                 text
             }
             SinkError::Query(other) => format!("{other}"),
+            SinkError::Copy(error) => match error.as_db_error() {
+                Some(db) => {
+                    let mut text = format!("SQLSTATE {}", db.code().code());
+                    if let Some(c) = db.constraint() {
+                        text.push_str(&format!(" on constraint {c}"));
+                    }
+                    if let Some(c) = db.column() {
+                        text.push_str(&format!(" in column {c}"));
+                    }
+                    text
+                }
+                None => format!("{error}"),
+            },
         }
+    }
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation) are the rows' fault;
+/// everything else (connection loss, 40001 serialization failure, 57P01 admin shutdown) is retried.
+fn copy_disposition(error: &tokio_postgres::Error) -> Disposition {
+    match error.code().map(|c| c.code()) {
+        Some(code) if code.starts_with("22") || code.starts_with("23") => Disposition::DataError,
+        _ => Disposition::Retry,
     }
 }
 

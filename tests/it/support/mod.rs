@@ -16,7 +16,7 @@ use pii_ingest::ledger::Ledger;
 use pii_ingest::mask::Masker;
 use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::seed::{self, Outgoing};
-use pii_ingest::sink::PgSink;
+use pii_ingest::sink::{CopySink, PgSink, Sink};
 use pii_ingest::source::{Source, SqsSource};
 use pii_ingest::stats::{Report, Stats};
 use pii_ingest::{db, source};
@@ -66,8 +66,21 @@ impl TestDb {
             .expect("test database accepts connections")
     }
 
-    pub fn sink(&self) -> PgSink {
-        PgSink::new(db::pool(&self.url, 4).unwrap())
+    /// The sink named by `PII_INGEST_TEST_SINK` (`copy`, the default, or `insert`), so the whole
+    /// suite can be run against either write method.
+    pub fn sink(&self) -> Sink {
+        match std::env::var("PII_INGEST_TEST_SINK").as_deref() {
+            Ok("insert") => self.insert_sink(),
+            _ => self.copy_sink(),
+        }
+    }
+
+    pub fn insert_sink(&self) -> Sink {
+        Sink::Insert(PgSink::new(db::pool(&self.url, 4).unwrap()))
+    }
+
+    pub fn copy_sink(&self) -> Sink {
+        Sink::Copy(CopySink::new(&self.url))
     }
 
     /// One number from a query such as `SELECT count(*) AS n FROM user_logins`.
