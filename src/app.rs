@@ -10,7 +10,7 @@ use crate::event::Rules;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pipeline::{Pipeline, Settings};
 use crate::sink::{CopySink, PgSink, Sink, WriteMethod};
-use crate::source::{SourceError, SqsSource};
+use crate::source::{Source, SourceError, SqsSource};
 use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +26,20 @@ pub enum StartError {
 }
 
 /// A pipeline over the configured queue, database and ledger, ready to `run`.
-pub async fn pipeline(
+pub async fn pipeline(config: &Config, until_empty: bool) -> Result<Pipeline<SqsSource>, StartError> {
+    // Checked before connecting anywhere, so a missing key is the first thing reported.
+    config.masker()?;
+    let source = SqsSource::connect(&config.sqs).await?;
+    tracing::info!(queue = source.queue_url(), "queue found");
+    pipeline_over(config, source, Settings::from_config(&config.pipeline, until_empty)).await
+}
+
+/// A pipeline that drains `source` (a queue, or a file for `replay`) into the configured database.
+pub async fn pipeline_over<S: Source>(
     config: &Config,
-    until_empty: bool,
-) -> Result<Pipeline<SqsSource>, StartError> {
+    source: S,
+    settings: Settings,
+) -> Result<Pipeline<S>, StartError> {
     let masker = config.masker()?;
     let url = config.postgres.url.expose();
     db::migrate(url, false).await?;
@@ -37,14 +47,13 @@ pub async fn pipeline(
         WriteMethod::Insert => Sink::Insert(PgSink::new(db::pool(url, config.postgres.pool_size)?)),
         WriteMethod::Copy => Sink::Copy(CopySink::new(url)),
     };
-    let source = SqsSource::connect(&config.sqs).await?;
     let ledger = open_ledger(config).await?;
     ledger.bind(&db::database_id(url).await?)?;
     tracing::info!(
-        queue = source.queue_url(),
         mask_key_id = masker.key_id(),
         ledger.entries = ledger.len(),
-        receivers = config.pipeline.receivers,
+        receivers = settings.receivers,
+        write_method = ?config.postgres.write_method,
         "pipeline ready"
     );
     Ok(Pipeline {
@@ -52,10 +61,8 @@ pub async fn pipeline(
         sink,
         ledger: Arc::new(ledger),
         masker,
-        rules: Rules {
-            device_types: config.validation.device_types.clone(),
-        },
-        settings: Settings::from_config(&config.pipeline, until_empty),
+        rules: Rules { device_types: config.validation.device_types.clone() },
+        settings,
         stats: Arc::new(Stats::default()),
     })
 }
@@ -72,10 +79,7 @@ async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
         let (ledger, _) = Ledger::open(&path)?;
         let pruned = ledger.prune(retention);
         if pruned > 0 {
-            tracing::info!(
-                ledger.pruned = pruned,
-                "pruned ledger entries older than retention"
-            );
+            tracing::info!(ledger.pruned = pruned, "pruned ledger entries older than retention");
         }
         Ok(ledger)
     })

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::config::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pii-ingest",
-    version,
-    about = "Drain login events from SQS into Postgres exactly once, PII masked"
-)]
+#[command(name = "pii-ingest", version, about = "Drain login events from SQS into Postgres exactly once, PII masked")]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -43,12 +39,7 @@ pub enum Command {
     /// Send messages to the queue, creating it if missing.
     Seed {
         /// Send each non-blank line of a JSONL file as one message.
-        #[arg(
-            long,
-            value_name = "F.jsonl",
-            conflicts_with = "generate",
-            required_unless_present = "generate"
-        )]
+        #[arg(long, value_name = "F.jsonl", conflicts_with = "generate", required_unless_present = "generate")]
         file: Option<PathBuf>,
         /// Send N synthetic logins shaped like the sample.
         #[arg(long, value_name = "N")]
@@ -68,6 +59,18 @@ pub enum Command {
         /// Concurrent SendMessageBatch calls.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+    },
+    /// Feed a JSONL file through the write path (backfills, dead-letter dumps). Each line's id is the
+    /// file's content hash + its line number: replaying a file twice writes nothing new.
+    Replay {
+        #[arg(long, value_name = "F.jsonl")]
+        file: PathBuf,
+        /// Timestamp for every line (RFC 3339); default: the file's modification time.
+        #[arg(long)]
+        sent_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the effective configuration, secrets redacted.
     CheckConfig,

@@ -95,10 +95,7 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig {
-            path: "var/ledger".into(),
-            retention_hours: 14 * 24,
-        }
+        LedgerConfig { path: "var/ledger".into(), retention_hours: 14 * 24 }
     }
 }
 
@@ -150,9 +147,7 @@ pub struct ValidationConfig {
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        ValidationConfig {
-            device_types: crate::event::Rules::default().device_types,
-        }
+        ValidationConfig { device_types: crate::event::Rules::default().device_types }
     }
 }
 
@@ -174,10 +169,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
     }
 }
 
@@ -214,23 +206,16 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        expected: expected.into(),
-    }
+    ConfigError::Invalid { key, expected: expected.into() }
 }
 
 impl Config {
     /// The figment for `file` (default `config.toml`, skipped when absent) with env on top.
     pub fn figment(file: Option<&Path>) -> Figment {
-        let file = file
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| "config.toml".into());
+        let file = file.map(Path::to_path_buf).unwrap_or_else(|| "config.toml".into());
         // No `Serialized::defaults`: every struct is `#[serde(default)]`, and serializing would
         // redact the secrets' defaults.
-        Figment::new()
-            .merge(Toml::file(file))
-            .merge(Env::prefixed("PII_INGEST__").split("__"))
+        Figment::new().merge(Toml::file(file)).merge(Env::prefixed("PII_INGEST__").split("__"))
     }
 
     /// Extracts and validates a config from a figment (with any flag overrides already merged).
@@ -245,22 +230,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sqs = &self.sqs;
         if sqs.wait_time_seconds > 20 {
-            return Err(invalid(
-                "sqs.wait_time_seconds",
-                "a number of seconds from 0 to 20",
-            ));
+            return Err(invalid("sqs.wait_time_seconds", "a number of seconds from 0 to 20"));
         }
         if !(1..=43_200).contains(&sqs.visibility_timeout_seconds) {
-            return Err(invalid(
-                "sqs.visibility_timeout_seconds",
-                "a number of seconds from 1 to 43200",
-            ));
+            return Err(invalid("sqs.visibility_timeout_seconds", "a number of seconds from 1 to 43200"));
         }
         if sqs.queue_url.is_none() && sqs.queue_name.trim().is_empty() {
-            return Err(invalid(
-                "sqs.queue_name",
-                "a queue name (or set sqs.queue_url)",
-            ));
+            return Err(invalid("sqs.queue_name", "a queue name (or set sqs.queue_url)"));
         }
         if sqs.access_key_id.is_some() != sqs.secret_access_key.is_some() {
             return Err(invalid(
@@ -306,10 +282,7 @@ impl Config {
             (Some(key), _) => key.clone(),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        "masking.key_file",
-                        format!("a readable file holding the key ({}: {e})", path.display()),
-                    )
+                    invalid("masking.key_file", format!("a readable file holding the key ({}: {e})", path.display()))
                 })?;
                 Secret(text.trim_end_matches(['\r', '\n']).to_owned())
             }
@@ -322,17 +295,9 @@ impl Config {
                 ));
             }
         };
-        let key_name = if m.key.is_some() {
-            "masking.key"
-        } else {
-            "masking.key_file"
-        };
-        Masker::new(key.expose().as_bytes(), m.key_id.as_deref()).map_err(|e| {
-            ConfigError::Invalid {
-                key: key_name,
-                expected: e.to_string(),
-            }
-        })
+        let key_name = if m.key.is_some() { "masking.key" } else { "masking.key_file" };
+        Masker::new(key.expose().as_bytes(), m.key_id.as_deref())
+            .map_err(|e| ConfigError::Invalid { key: key_name, expected: e.to_string() })
     }
 
     /// The configuration as TOML with every secret redacted (for `check-config`).
@@ -340,8 +305,7 @@ impl Config {
         let mut shown = self.clone();
         // The URL is shown with its password, if any, blanked; the rest of it helps debugging.
         shown.postgres.url = Secret(redact_url_password(self.postgres.url.expose()));
-        let mut text =
-            toml::to_string_pretty(&RedactedView(&shown)).expect("config serializes to TOML");
+        let mut text = toml::to_string_pretty(&RedactedView(&shown)).expect("config serializes to TOML");
         if self.masking.key.is_some() {
             text.push_str("\n# masking.key is set (redacted)\n");
         }
@@ -396,10 +360,7 @@ mod tests {
     #[test]
     fn file_then_env_override_defaults() {
         Jail::expect_with(|jail| {
-            jail.create_file(
-                "config.toml",
-                "[sqs]\nqueue_name = \"from-file\"\nwait_time_seconds = 5\n",
-            )?;
+            jail.create_file("config.toml", "[sqs]\nqueue_name = \"from-file\"\nwait_time_seconds = 5\n")?;
             jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "2");
             let config = Config::from_figment(Config::figment(None)).unwrap();
             assert_eq!(config.sqs.queue_name, "from-file");
@@ -413,13 +374,8 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         Jail::expect_with(|jail| {
             jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "soon");
-            let error = Config::from_figment(Config::figment(None))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                error.to_lowercase().contains("sqs.wait_time_seconds"),
-                "{error}"
-            );
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            assert!(error.to_lowercase().contains("sqs.wait_time_seconds"), "{error}");
             Ok(())
         });
     }
@@ -428,9 +384,7 @@ mod tests {
     fn an_unknown_key_is_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[sqs]\nqueue = \"typo\"\n")?;
-            let error = Config::from_figment(Config::figment(None))
-                .unwrap_err()
-                .to_string();
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
             assert!(error.contains("queue"), "{error}");
             Ok(())
         });
@@ -441,30 +395,15 @@ mod tests {
         let mut config = Config::default();
         config.sqs.wait_time_seconds = 21;
         let error = config.validate().unwrap_err().to_string();
-        assert_eq!(
-            error,
-            "configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20"
-        );
+        assert_eq!(error, "configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
     }
 
     #[test]
     fn masker_needs_a_long_enough_key() {
         let mut config = Config::default();
-        assert!(
-            config
-                .masker()
-                .unwrap_err()
-                .to_string()
-                .contains("masking.key")
-        );
+        assert!(config.masker().unwrap_err().to_string().contains("masking.key"));
         config.masking.key = Some(Secret("short".into()));
-        assert!(
-            config
-                .masker()
-                .unwrap_err()
-                .to_string()
-                .contains("at least 32")
-        );
+        assert!(config.masker().unwrap_err().to_string().contains("at least 32"));
         config.masking.key = Some(Secret("k".repeat(32)));
         assert!(config.masker().is_ok());
     }
@@ -488,14 +427,8 @@ mod tests {
         config.masking.key = Some(Secret("TOPSECRET-0123456789-0123456789-xx".into()));
         config.postgres.url = Secret("postgres://app:hunter2@db:5432/x".into());
         let text = config.redacted_toml();
-        assert!(
-            !text.contains("TOPSECRET") && !text.contains("hunter2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("postgres://app:[redacted]@db:5432/x"),
-            "{text}"
-        );
+        assert!(!text.contains("TOPSECRET") && !text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:[redacted]@db:5432/x"), "{text}");
         assert!(!format!("{config:?}").contains("TOPSECRET"));
     }
 }

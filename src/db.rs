@@ -46,10 +46,7 @@ pub enum DbError {
 /// A pool of at most `size` connections to `url`.
 pub fn pool(url: &str, size: usize) -> Result<PgPool, DbError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(DbError::Pool)
+    Pool::builder(manager).max_size(size).build().map_err(DbError::Pool)
 }
 
 /// Applies pending migrations (when `apply`), or fails with [`DbError::Pending`] if any are pending.
@@ -59,23 +56,14 @@ pub async fn migrate(url: &str, apply: bool) -> Result<Vec<String>, DbError> {
     let shown = crate::config::redact_url_password(&url);
     // The migration harness is synchronous; it runs over the async connection on a blocking thread.
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-                .map_err(|source| DbError::Connect { url: shown, source })?;
+        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+            .map_err(|source| DbError::Connect { url: shown, source })?;
         if apply {
-            let done = conn
-                .run_pending_migrations(MIGRATIONS)
-                .map_err(DbError::Migrate)?;
+            let done = conn.run_pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
             Ok(done.iter().map(|v| v.to_string()).collect())
         } else {
-            let pending = conn
-                .pending_migrations(MIGRATIONS)
-                .map_err(DbError::Migrate)?;
-            if pending.is_empty() {
-                Ok(Vec::new())
-            } else {
-                Err(DbError::Pending(pending.len()))
-            }
+            let pending = conn.pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
+            if pending.is_empty() { Ok(Vec::new()) } else { Err(DbError::Pending(pending.len())) }
         }
     })
     .await
@@ -88,18 +76,12 @@ pub async fn database_id(url: &str) -> Result<String, DbError> {
     use diesel::QueryDsl;
     let mut conn = AsyncPgConnection::establish(url)
         .await
-        .map_err(|source| DbError::Connect {
-            url: crate::config::redact_url_password(url),
-            source,
-        })?;
+        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
     ingest_meta::table
         .select(ingest_meta::database_id)
         .first(&mut conn)
         .await
-        .map_err(|source| DbError::Query {
-            what: "read ingest_meta",
-            source,
-        })
+        .map_err(|source| DbError::Query { what: "read ingest_meta", source })
 }
 
 /// Creates the database named in `url` if it does not exist, connecting to the server's `postgres`
@@ -109,20 +91,10 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
     let admin_url = format!("{server}/postgres");
     let mut conn = AsyncPgConnection::establish(&admin_url)
         .await
-        .map_err(|source| DbError::Connect {
-            url: crate::config::redact_url_password(&admin_url),
-            source,
-        })?;
-    match diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut conn)
-        .await
-    {
+        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(&admin_url), source })?;
+    match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
         Ok(_) => Ok(true),
-        Err(diesel::result::Error::DatabaseError(_, info))
-            if info.message().contains("already exists") =>
-        {
-            Ok(false)
-        }
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
         Err(source) => Err(DbError::Create { name, source }),
     }
 }
@@ -133,10 +105,7 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
     let admin_url = format!("{server}/postgres");
     let mut conn = AsyncPgConnection::establish(&admin_url)
         .await
-        .map_err(|source| DbError::Connect {
-            url: crate::config::redact_url_password(&admin_url),
-            source,
-        })?;
+        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(&admin_url), source })?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await
@@ -164,12 +133,8 @@ mod tests {
 
     #[test]
     fn database_name_is_split_from_the_url() {
-        let (server, name) =
-            split_database("postgres://u:p@h:5432/pii_ingest?sslmode=disable").unwrap();
-        assert_eq!(
-            (server.as_str(), name.as_str()),
-            ("postgres://u:p@h:5432", "pii_ingest")
-        );
+        let (server, name) = split_database("postgres://u:p@h:5432/pii_ingest?sslmode=disable").unwrap();
+        assert_eq!((server.as_str(), name.as_str()), ("postgres://u:p@h:5432", "pii_ingest"));
         assert!(split_database("postgres://h/bad\"name").is_err());
         assert!(split_database("postgres://h").is_err());
     }

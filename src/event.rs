@@ -75,10 +75,7 @@ impl RejectReason {
 
     /// Position in [`RejectReason::ALL`].
     pub fn index(self) -> usize {
-        Self::ALL
-            .iter()
-            .position(|r| *r == self)
-            .expect("ALL lists every variant")
+        Self::ALL.iter().position(|r| *r == self).expect("ALL lists every variant")
     }
 }
 
@@ -100,11 +97,7 @@ pub struct Reject {
 
 impl Reject {
     fn new(reason: RejectReason, field: Option<&'static str>, detail: impl Into<String>) -> Self {
-        Reject {
-            reason,
-            field,
-            detail: detail.into(),
-        }
+        Reject { reason, field, detail: detail.into() }
     }
 }
 
@@ -136,9 +129,7 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules {
-            device_types: vec!["android".into(), "ios".into()],
-        }
+        Rules { device_types: vec!["android".into(), "ios".into()] }
     }
 }
 
@@ -152,31 +143,16 @@ pub const MAX_DEVICE_ID: usize = 256;
 /// Longest textual IPv6 address with a zone is well under this.
 pub const MAX_IP: usize = 64;
 
-const KNOWN_FIELDS: [&str; 6] = [
-    "user_id",
-    "app_version",
-    "device_type",
-    "ip",
-    "locale",
-    "device_id",
-];
+const KNOWN_FIELDS: [&str; 6] = ["user_id", "app_version", "device_type", "ip", "locale", "device_id"];
 
 /// Parses and validates one message body.
 pub fn parse(body: &[u8], rules: &Rules) -> Result<Login, Reject> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        Reject::new(
-            RejectReason::NotUtf8,
-            None,
-            format!("body is not UTF-8 (bad byte at offset {})", e.valid_up_to()),
-        )
+        Reject::new(RejectReason::NotUtf8, None, format!("body is not UTF-8 (bad byte at offset {})", e.valid_up_to()))
     })?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         // serde_json's message names the position and the kind of error, never the input text.
-        Reject::new(
-            RejectReason::NotJson,
-            None,
-            format!("body is not JSON: {e}"),
-        )
+        Reject::new(RejectReason::NotJson, None, format!("body is not JSON: {e}"))
     })?;
     let Value::Object(object) = value else {
         return Err(Reject::new(
@@ -192,17 +168,10 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Login, Reject> {
         ip: required(&object, "ip", MAX_IP)?,
         device_id: required(&object, "device_id", MAX_DEVICE_ID)?,
         locale: optional(&object, "locale", MAX_LOCALE)?,
-        unknown_fields: object
-            .keys()
-            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-            .count(),
+        unknown_fields: object.keys().filter(|k| !KNOWN_FIELDS.contains(&k.as_str())).count(),
     };
     if login.ip.parse::<IpAddr>().is_err() {
-        return Err(Reject::new(
-            RejectReason::InvalidIp,
-            Some("ip"),
-            "ip is not an IPv4 or IPv6 address",
-        ));
+        return Err(Reject::new(RejectReason::InvalidIp, Some("ip"), "ip is not an IPv4 or IPv6 address"));
     }
     if !rules.device_types.is_empty() && !rules.device_types.contains(&login.device_type) {
         return Err(Reject::new(
@@ -215,32 +184,16 @@ pub fn parse(body: &[u8], rules: &Rules) -> Result<Login, Reject> {
 }
 
 /// A required text field: present, not null, a string, not blank, within `max` characters.
-fn required(
-    object: &Map<String, Value>,
-    field: &'static str,
-    max: usize,
-) -> Result<String, Reject> {
+fn required(object: &Map<String, Value>, field: &'static str, max: usize) -> Result<String, Reject> {
     match object.get(field) {
-        None => Err(Reject::new(
-            RejectReason::MissingField,
-            Some(field),
-            format!("{field} is missing"),
-        )),
-        Some(Value::Null) => Err(Reject::new(
-            RejectReason::NullField,
-            Some(field),
-            format!("{field} is null"),
-        )),
+        None => Err(Reject::new(RejectReason::MissingField, Some(field), format!("{field} is missing"))),
+        Some(Value::Null) => Err(Reject::new(RejectReason::NullField, Some(field), format!("{field} is null"))),
         Some(value) => text(value, field, max),
     }
 }
 
 /// An optional text field: absent and null both mean "not given".
-fn optional(
-    object: &Map<String, Value>,
-    field: &'static str,
-    max: usize,
-) -> Result<Option<String>, Reject> {
+fn optional(object: &Map<String, Value>, field: &'static str, max: usize) -> Result<Option<String>, Reject> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => text(value, field, max).map(Some),
@@ -256,11 +209,7 @@ fn text(value: &Value, field: &'static str, max: usize) -> Result<String, Reject
         ));
     };
     if s.trim().is_empty() {
-        return Err(Reject::new(
-            RejectReason::EmptyField,
-            Some(field),
-            format!("{field} is empty"),
-        ));
+        return Err(Reject::new(RejectReason::EmptyField, Some(field), format!("{field} is empty")));
     }
     let chars = s.chars().count();
     if chars > max {
@@ -272,11 +221,7 @@ fn text(value: &Value, field: &'static str, max: usize) -> Result<String, Reject
     }
     // NUL is the one character Postgres text cannot hold; any other Unicode is the producer's text.
     if s.contains('\0') {
-        return Err(Reject::new(
-            RejectReason::InvalidText,
-            Some(field),
-            format!("{field} contains a NUL character"),
-        ));
+        return Err(Reject::new(RejectReason::InvalidText, Some(field), format!("{field} contains a NUL character")));
     }
     Ok(s.clone())
 }
@@ -325,12 +270,7 @@ mod tests {
 
     #[test]
     fn null_or_absent_locale_is_valid() {
-        assert_eq!(
-            parse(with("locale", "null").as_bytes(), &Rules::default())
-                .unwrap()
-                .locale,
-            None
-        );
+        assert_eq!(parse(with("locale", "null").as_bytes(), &Rules::default()).unwrap().locale, None);
         let mut v: Value = serde_json::from_str(GOOD).unwrap();
         v.as_object_mut().unwrap().remove("locale");
         assert!(parse(v.to_string().as_bytes(), &Rules::default()).is_ok());
@@ -339,10 +279,7 @@ mod tests {
     #[test]
     fn the_sample_malformed_message_is_missing_user_id() {
         let r = reject(r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#);
-        assert_eq!(
-            (r.reason, r.field),
-            (RejectReason::MissingField, Some("user_id"))
-        );
+        assert_eq!((r.reason, r.field), (RejectReason::MissingField, Some("user_id")));
     }
 
     #[test]
@@ -351,62 +288,25 @@ mod tests {
             (b"\xff\xfe".to_vec(), RejectReason::NotUtf8, None),
             (b"{not json".to_vec(), RejectReason::NotJson, None),
             (b"[1,2]".to_vec(), RejectReason::NotObject, None),
-            (
-                with("ip", "null").into_bytes(),
-                RejectReason::NullField,
-                Some("ip"),
-            ),
-            (
-                with("device_id", "\"  \"").into_bytes(),
-                RejectReason::EmptyField,
-                Some("device_id"),
-            ),
-            (
-                with("app_version", "2.3").into_bytes(),
-                RejectReason::WrongType,
-                Some("app_version"),
-            ),
-            (
-                with("user_id", &format!("\"{}\"", "u".repeat(129))).into_bytes(),
-                RejectReason::TooLong,
-                Some("user_id"),
-            ),
-            (
-                with("locale", "\"a\\u0000b\"").into_bytes(),
-                RejectReason::InvalidText,
-                Some("locale"),
-            ),
-            (
-                with("ip", "\"999.1.1.1\"").into_bytes(),
-                RejectReason::InvalidIp,
-                Some("ip"),
-            ),
-            (
-                with("device_type", "\"toaster\"").into_bytes(),
-                RejectReason::UnknownDeviceType,
-                Some("device_type"),
-            ),
+            (with("ip", "null").into_bytes(), RejectReason::NullField, Some("ip")),
+            (with("device_id", "\"  \"").into_bytes(), RejectReason::EmptyField, Some("device_id")),
+            (with("app_version", "2.3").into_bytes(), RejectReason::WrongType, Some("app_version")),
+            (with("user_id", &format!("\"{}\"", "u".repeat(129))).into_bytes(), RejectReason::TooLong, Some("user_id")),
+            (with("locale", "\"a\\u0000b\"").into_bytes(), RejectReason::InvalidText, Some("locale")),
+            (with("ip", "\"999.1.1.1\"").into_bytes(), RejectReason::InvalidIp, Some("ip")),
+            (with("device_type", "\"toaster\"").into_bytes(), RejectReason::UnknownDeviceType, Some("device_type")),
         ];
         for (body, reason, field) in cases {
-            let r = parse(&body, &Rules::default())
-                .err()
-                .unwrap_or_else(|| panic!("{body:?} parsed"));
-            assert_eq!(
-                (r.reason, r.field),
-                (reason, field),
-                "{}",
-                String::from_utf8_lossy(&body)
-            );
+            let r = parse(&body, &Rules::default()).err().unwrap_or_else(|| panic!("{body:?} parsed"));
+            assert_eq!((r.reason, r.field), (reason, field), "{}", String::from_utf8_lossy(&body));
         }
     }
 
     #[test]
     fn reject_details_never_quote_the_value() {
-        for body in [
-            with("ip", "\"999.77.66.55\""),
-            with("device_id", "123456789"),
-            with("device_type", "\"secretdev\""),
-        ] {
+        for body in
+            [with("ip", "\"999.77.66.55\""), with("device_id", "123456789"), with("device_type", "\"secretdev\"")]
+        {
             let r = reject(&body);
             for raw in ["999.77.66.55", "123456789", "secretdev"] {
                 assert!(!r.detail.contains(raw), "{} leaks {raw}", r.detail);
@@ -417,11 +317,8 @@ mod tests {
     #[test]
     fn ipv6_unicode_and_sql_looking_text_are_valid() {
         assert!(parse(with("ip", "\"2001:db8::1\"").as_bytes(), &Rules::default()).is_ok());
-        let login = parse(
-            with("user_id", r#""Robert'); DROP TABLE user_logins;-- ☃""#).as_bytes(),
-            &Rules::default(),
-        )
-        .unwrap();
+        let login =
+            parse(with("user_id", r#""Robert'); DROP TABLE user_logins;-- ☃""#).as_bytes(), &Rules::default()).unwrap();
         assert!(login.user_id.ends_with('☃'));
     }
 
@@ -433,16 +330,13 @@ mod tests {
 
     #[test]
     fn an_empty_device_type_list_accepts_any_device() {
-        let rules = Rules {
-            device_types: vec![],
-        };
+        let rules = Rules { device_types: vec![] };
         assert!(parse(with("device_type", "\"web\"").as_bytes(), &rules).is_ok());
     }
 
     #[test]
     fn every_reason_has_a_distinct_code_and_index() {
-        let codes: std::collections::HashSet<_> =
-            RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        let codes: std::collections::HashSet<_> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(codes.len(), RejectReason::ALL.len());
         for (i, r) in RejectReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);

@@ -58,14 +58,9 @@ impl Ledger {
                     ledger.path = %path.display(), ledger.moved_to = %aside.display(), error = %error,
                     "ledger store will not open; moving it aside and starting an empty one (costs speed, not correctness)"
                 );
-                std::fs::rename(path, &aside).map_err(|source| LedgerError::MoveAside {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let db = sled::open(path).map_err(|source| LedgerError::Open {
-                    path: path.to_owned(),
-                    source,
-                })?;
+                std::fs::rename(path, &aside)
+                    .map_err(|source| LedgerError::MoveAside { path: path.to_owned(), source })?;
+                let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
                 Ok((Ledger { db }, Opened::MovedAside(aside)))
             }
         }
@@ -73,10 +68,7 @@ impl Ledger {
 
     /// A ledger that lives in memory only (for replays and tests that want no local state).
     pub fn temporary() -> Ledger {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .expect("a temporary sled store needs no disk");
+        let db = sled::Config::new().temporary(true).open().expect("a temporary sled store needs no disk");
         Ledger { db }
     }
 
@@ -111,11 +103,7 @@ impl Ledger {
         let mut removed = 0;
         for entry in self.db.iter() {
             let Ok((key, value)) = entry else { continue };
-            let stamp = value
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+            let stamp = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             if stamp < cutoff && self.db.remove(&key).is_ok() {
                 removed += 1;
             }
@@ -134,14 +122,10 @@ impl Ledger {
         }
         let stale = !self.db.is_empty();
         if stale {
-            tracing::warn!(
-                ledger.entries = self.db.len(),
-                "ledger belongs to another database; clearing it"
-            );
+            tracing::warn!(ledger.entries = self.db.len(), "ledger belongs to another database; clearing it");
             self.db.clear().map_err(LedgerError::Io)?;
         }
-        meta.insert("database_id", database_id.as_bytes())
-            .map_err(LedgerError::Io)?;
+        meta.insert("database_id", database_id.as_bytes()).map_err(LedgerError::Io)?;
         self.db.flush().map_err(LedgerError::Io)?;
         Ok(stale)
     }
@@ -166,19 +150,13 @@ impl Ledger {
 
 fn aside_path(path: &Path) -> PathBuf {
     let stamp = now_millis();
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".unreadable-{stamp}"));
     path.with_file_name(name)
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -208,9 +186,7 @@ mod tests {
         // A plain file where sled expects a directory: sled cannot open it.
         std::fs::write(&path, b"garbage").unwrap();
         let (ledger, opened) = Ledger::open(&path).unwrap();
-        let Opened::MovedAside(aside) = opened else {
-            panic!("expected the store to be moved aside")
-        };
+        let Opened::MovedAside(aside) = opened else { panic!("expected the store to be moved aside") };
         assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
         assert!(ledger.is_empty());
         ledger.record(["x"]);
@@ -220,10 +196,7 @@ mod tests {
     #[test]
     fn a_ledger_meeting_another_database_is_cleared() {
         let ledger = Ledger::temporary();
-        assert!(
-            !ledger.bind("db-1").unwrap(),
-            "a new ledger has nothing to clear"
-        );
+        assert!(!ledger.bind("db-1").unwrap(), "a new ledger has nothing to clear");
         ledger.record(["a"]);
         assert!(!ledger.bind("db-1").unwrap());
         assert!(ledger.contains("a"));

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use pii_ingest::cli::{Cli, Command};
 use pii_ingest::config::Config;
+use pii_ingest::pipeline::{Pipeline, Settings};
+use pii_ingest::source::{FileSource, Source};
 use pii_ingest::{app, db, seed, telemetry};
 
 #[tokio::main]
@@ -38,29 +40,15 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
     match command {
         Command::Run { until_empty, json } => run(config, until_empty, json).await,
         Command::Migrate { no_create_db } => migrate(&config, !no_create_db).await,
-        Command::Seed {
-            file,
-            generate,
-            bad_share,
-            repeat_share,
-            seed,
-            no_keys,
-            concurrency,
-        } => {
+        Command::Seed { file, generate, bad_share, repeat_share, seed, no_keys, concurrency } => {
             let messages = match (file, generate) {
                 (Some(path), _) => seed::file_messages(&path, !no_keys)?,
-                (None, Some(n)) => seed::generate(
-                    n,
-                    seed::Mix {
-                        bad: bad_share,
-                        repeat: repeat_share,
-                    },
-                    seed,
-                ),
+                (None, Some(n)) => seed::generate(n, seed::Mix { bad: bad_share, repeat: repeat_share }, seed),
                 (None, None) => unreachable!("clap requires --file or --generate"),
             };
             seed_queue(&config, messages, concurrency).await
         }
+        Command::Replay { file, sent_at, json } => replay(config, &file, sent_at, json).await,
         Command::CheckConfig => {
             print!("{}", config.redacted_toml());
             match config.masker() {
@@ -74,6 +62,24 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 
 async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<ExitCode> {
     let pipeline = app::pipeline(&config, until_empty).await?;
+    drain(pipeline, json).await
+}
+
+async fn replay(
+    config: Config,
+    file: &std::path::Path,
+    sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut settings = Settings::from_config(&config.pipeline, true);
+    settings.receivers = 1; // one reader of one file; the writer batches its chunks
+    let pipeline = app::pipeline_over(&config, source, settings).await?;
+    drain(pipeline, json).await
+}
+
+/// Runs a pipeline until stopped or drained and prints its report.
+async fn drain<S: Source>(pipeline: Pipeline<S>, json: bool) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     tokio::spawn(handle_signals(stop.clone()));
     let started = std::time::Instant::now();
@@ -83,10 +89,7 @@ async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<Ex
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
-        println!(
-            "elapsed             {seconds:>9.2} s ({:.0} msg/s)",
-            report.received as f64 / seconds.max(1e-9)
-        );
+        println!("elapsed             {seconds:>9.2} s ({:.0} msg/s)", report.received as f64 / seconds.max(1e-9));
     }
     if !report.reconciles() {
         anyhow::bail!("the drain does not reconcile: some delivery is not accounted for");
@@ -118,14 +121,9 @@ async fn wait_for_signal() {
 async fn migrate(config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     let url = config.postgres.url.expose();
     if create && db::create_database_if_missing(url).await? {
-        println!(
-            "created database {}",
-            pii_ingest::config::redact_url_password(url)
-        );
+        println!("created database {}", pii_ingest::config::redact_url_password(url));
     }
-    let applied = db::migrate(url, true)
-        .await
-        .context("failed to apply migrations")?;
+    let applied = db::migrate(url, true).await.context("failed to apply migrations")?;
     if applied.is_empty() {
         println!("migrations: up to date");
     } else {
@@ -134,33 +132,18 @@ async fn migrate(config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn seed_queue(
-    config: &Config,
-    messages: Vec<seed::Outgoing>,
-    concurrency: usize,
-) -> anyhow::Result<ExitCode> {
+async fn seed_queue(config: &Config, messages: Vec<seed::Outgoing>, concurrency: usize) -> anyhow::Result<ExitCode> {
     let client = pii_ingest::source::sqs::client(&config.sqs).await;
     let url = match &config.sqs.queue_url {
         Some(url) => url.clone(),
-        None => seed::ensure_queue(
-            &client,
-            &config.sqs.queue_name,
-            config.sqs.visibility_timeout_seconds,
-        )
-        .await
-        .context("failed to create or find the queue")?,
+        None => seed::ensure_queue(&client, &config.sqs.queue_name, config.sqs.visibility_timeout_seconds)
+            .await
+            .context("failed to create or find the queue")?,
     };
     let started = std::time::Instant::now();
-    let attribute = config
-        .sqs
-        .idempotency_key_attribute
-        .as_deref()
-        .filter(|a| !a.is_empty());
+    let attribute = config.sqs.idempotency_key_attribute.as_deref().filter(|a| !a.is_empty());
     let sent = seed::send(&client, &url, attribute, messages, concurrency, |_| {}).await?;
     let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "sent {sent} messages to {url} in {seconds:.2} s ({:.0} msg/s)",
-        sent as f64 / seconds.max(1e-9)
-    );
+    println!("sent {sent} messages to {url} in {seconds:.2} s ({:.0} msg/s)", sent as f64 / seconds.max(1e-9));
     Ok(ExitCode::SUCCESS)
 }

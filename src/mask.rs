@@ -33,10 +33,7 @@ pub struct Masker {
 
 impl std::fmt::Debug for Masker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Masker")
-            .field("key", &"[redacted]")
-            .field("key_id", &self.key_id)
-            .finish()
+        f.debug_struct("Masker").field("key", &"[redacted]").field("key_id", &self.key_id).finish()
     }
 }
 
@@ -49,10 +46,7 @@ impl Masker {
         }
         // HMAC accepts keys of any length, so this cannot fail.
         let mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        let mut masker = Masker {
-            mac,
-            key_id: String::new(),
-        };
+        let mut masker = Masker { mac, key_id: String::new() };
         masker.key_id = match key_id {
             Some(id) => id.to_owned(),
             None => format!("hmac-{}", &masker.token("pii-ingest/key-id")[..12]),
@@ -81,8 +75,7 @@ impl Masker {
     /// the body is not a JSON object: then nobody can say where its PII is, so none of it is kept.
     /// Non-string PII values are masked by the token of their JSON text.
     pub fn mask_body(&self, body: &[u8]) -> Option<String> {
-        let mut object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).ok()?;
+        let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
         for field in PII_FIELDS {
             if let Some(value) = object.get_mut(field) {
                 let token = match &*value {
@@ -115,10 +108,7 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(
-            hmac_hex(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            ),
+            hmac_hex(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First"),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
     }
@@ -127,10 +117,7 @@ mod tests {
     fn masker_token_is_the_hmac_of_the_value_under_the_key() {
         let key = "k".repeat(32);
         let masker = Masker::new(key.as_bytes(), Some("k1")).unwrap();
-        assert_eq!(
-            masker.token("10.0.0.1"),
-            hmac_hex(key.as_bytes(), b"10.0.0.1")
-        );
+        assert_eq!(masker.token("10.0.0.1"), hmac_hex(key.as_bytes(), b"10.0.0.1"));
         assert_eq!(masker.token("10.0.0.1"), masker.token("10.0.0.1"));
         assert_ne!(masker.token("10.0.0.1"), masker.token("10.0.0.2"));
         assert_eq!(masker.token("x").len(), 64);
@@ -147,10 +134,7 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
-        assert_eq!(
-            Masker::new(b"short", None).unwrap_err(),
-            KeyError::TooShort(5)
-        );
+        assert_eq!(Masker::new(b"short", None).unwrap_err(), KeyError::TooShort(5));
     }
 
     #[test]

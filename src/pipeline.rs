@@ -88,8 +88,7 @@ impl<S: Source> Pipeline<S> {
         let drained = CancellationToken::new();
         let receivers = TaskTracker::new();
         for _ in 0..this.settings.receivers {
-            let (this, tx, stop, drained) =
-                (this.clone(), tx.clone(), stop.clone(), drained.clone());
+            let (this, tx, stop, drained) = (this.clone(), tx.clone(), stop.clone(), drained.clone());
             receivers.spawn(async move { this.receive_loop(tx, stop, drained).await });
         }
         receivers.close();
@@ -103,12 +102,7 @@ impl<S: Source> Pipeline<S> {
         this.stats.report()
     }
 
-    async fn receive_loop(
-        &self,
-        tx: mpsc::Sender<Vec<Delivery>>,
-        stop: CancellationToken,
-        drained: CancellationToken,
-    ) {
+    async fn receive_loop(&self, tx: mpsc::Sender<Vec<Delivery>>, stop: CancellationToken, drained: CancellationToken) {
         let mut failures = 0u32;
         loop {
             let result = tokio::select! {
@@ -119,8 +113,7 @@ impl<S: Source> Pipeline<S> {
             match result {
                 Ok(batch) if batch.is_empty() => {
                     failures = 0;
-                    if self.settings.until_empty && self.source.is_drained().await.unwrap_or(false)
-                    {
+                    if self.settings.until_empty && self.source.is_drained().await.unwrap_or(false) {
                         drained.cancel();
                         return;
                     }
@@ -192,11 +185,8 @@ impl<S: Source> Pipeline<S> {
                 judged.push((delivery, verdict));
             }
         }
-        let in_hand: Vec<String> = judged
-            .iter()
-            .map(|(d, _)| d.receipt_handle.clone())
-            .chain(in_batch.iter().cloned())
-            .collect();
+        let in_hand: Vec<String> =
+            judged.iter().map(|(d, _)| d.receipt_handle.clone()).chain(in_batch.iter().cloned()).collect();
         let committing = self.commit(&judged, stop);
         let outcome = tokio::select! {
             biased;
@@ -243,11 +233,7 @@ impl<S: Source> Pipeline<S> {
             to_delete.push(delivery.receipt_handle.clone());
         }
         self.ledger.record(committed);
-        tracing::debug!(
-            batch.size = size,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "batch committed"
-        );
+        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
         self.delete(to_delete, deletes, permits);
     }
 
@@ -314,11 +300,7 @@ impl<S: Source> Pipeline<S> {
 
     /// Writes the judged rows, retrying transient failures with backoff and isolating rows Postgres
     /// refuses. `None` when a stop came while the database was unreachable: nothing was committed.
-    async fn commit(
-        &self,
-        judged: &[(Delivery, Judged)],
-        stop: &CancellationToken,
-    ) -> Option<Committed> {
+    async fn commit(&self, judged: &[(Delivery, Judged)], stop: &CancellationToken) -> Option<Committed> {
         let mut written = Written::default();
         let mut refused = HashMap::new();
         // A stack of slices still to write; a slice that fails for its data is split in two.
@@ -341,18 +323,14 @@ impl<S: Source> Pipeline<S> {
                     pending.push(right);
                     pending.push(left);
                 }
-                Err(error)
-                    if error.disposition() == Disposition::DataError && self.sink.ping().await =>
-                {
+                Err(error) if error.disposition() == Disposition::DataError && self.sink.ping().await => {
                     let (delivery, _) = &part[0];
                     let reject = Reject {
                         reason: RejectReason::DbRejected,
                         field: None,
                         detail: format!("Postgres refused the row: {}", error.summary()),
                     };
-                    let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else {
-                        unreachable!()
-                    };
+                    let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else { unreachable!() };
                     let stored = match self.sink.write(&[], std::slice::from_ref(&record)).await {
                         Ok(w) if w.quarantined.is_empty() => {
                             Stats::add(&self.stats.duplicate_database, 1);
@@ -391,18 +369,11 @@ impl<S: Source> Pipeline<S> {
     /// Deletes receipt handles in batches of 10 on the delete tasks, retrying failed entries.
     fn delete(&self, handles: Vec<String>, deletes: &TaskTracker, permits: &Arc<Semaphore>) {
         for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
-            let (source, stats, permits, chunk) = (
-                self.source.clone(),
-                self.stats.clone(),
-                permits.clone(),
-                chunk.to_vec(),
-            );
+            let (source, stats, permits, chunk) =
+                (self.source.clone(), self.stats.clone(), permits.clone(), chunk.to_vec());
             deletes.spawn(async move {
                 // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = permits
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
+                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
                 delete_with_retry(&*source, chunk, &stats).await;
             });
         }
@@ -448,9 +419,7 @@ async fn delete_with_retry<S: Source>(source: &S, mut handles: Vec<String>, stat
 
 /// Exponential backoff with full jitter: up to 100 ms x 2^(n-1), capped at 10 s.
 pub fn backoff(failures: u32) -> Duration {
-    let ceiling = 100u64
-        .saturating_mul(1 << failures.saturating_sub(1).min(7))
-        .min(10_000);
+    let ceiling = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(7)).min(10_000);
     Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
 }
 

@@ -36,11 +36,7 @@ pub enum SeedError {
 }
 
 /// The queue's URL, creating it (with the given visibility timeout, in seconds) if it is missing.
-pub async fn ensure_queue(
-    client: &Client,
-    name: &str,
-    visibility_timeout: u32,
-) -> Result<String, SourceError> {
+pub async fn ensure_queue(client: &Client, name: &str, visibility_timeout: u32) -> Result<String, SourceError> {
     match crate::source::sqs::queue_url(client, name).await {
         Err(SourceError::QueueNotFound(_)) => {}
         found => return found,
@@ -48,26 +44,17 @@ pub async fn ensure_queue(
     let output = client
         .create_queue()
         .queue_name(name)
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility_timeout.to_string(),
-        )
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout.to_string())
         .send()
         .await
-        .map_err(|e| SourceError::Sqs {
-            operation: "CreateQueue",
-            source: Box::new(e),
-        })?;
+        .map_err(|e| SourceError::Sqs { operation: "CreateQueue", source: Box::new(e) })?;
     Ok(output.queue_url.unwrap_or_default())
 }
 
 /// The lines of a JSONL file as messages. Each carries the key `file:<content hash>:<line number>`
 /// when `keyed`, so sending the same file twice cannot load it twice. Blank lines are skipped.
 pub fn file_messages(path: &Path, keyed: bool) -> Result<Vec<Outgoing>, SeedError> {
-    let bytes = std::fs::read(path).map_err(|source| SeedError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| SeedError::Read { path: path.display().to_string(), source })?;
     let digest = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8_lossy(&bytes);
     Ok(text
@@ -76,7 +63,7 @@ pub fn file_messages(path: &Path, keyed: bool) -> Result<Vec<Outgoing>, SeedErro
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| Outgoing {
             body: line.to_owned(),
-            key: keyed.then(|| format!("file:{}:{}", &digest[..32], i + 1)),
+            key: keyed.then(|| crate::source::FileSource::key(&digest, i + 1)),
         })
         .collect())
 }
@@ -107,17 +94,11 @@ pub fn generate(n: usize, mix: Mix, seed: u64) -> Vec<Outgoing> {
     out
 }
 
-const VERSIONS: [&str; 8] = [
-    "2.3.0", "0.96", "0.9.6", "2.2.1", "0.2.6", "3.7", "6.88", "1.4",
-];
+const VERSIONS: [&str; 8] = ["2.3.0", "0.96", "0.9.6", "2.2.1", "0.2.6", "3.7", "6.88", "1.4"];
 const LOCALES: [&str; 8] = ["RU", "PH", "TH", "US", "DE", "BR", "ID", "FR"];
 
 fn login_body(rng: &mut StdRng) -> String {
-    let locale = if rng.random_bool(0.29) {
-        None
-    } else {
-        Some(LOCALES[rng.random_range(0..LOCALES.len())])
-    };
+    let locale = if rng.random_bool(0.29) { None } else { Some(LOCALES[rng.random_range(0..LOCALES.len())]) };
     serde_json::json!({
         "user_id": uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
         "app_version": VERSIONS[rng.random_range(0..VERSIONS.len())],
@@ -130,8 +111,7 @@ fn login_body(rng: &mut StdRng) -> String {
 }
 
 fn bad_body(rng: &mut StdRng) -> String {
-    let mut login: serde_json::Value =
-        serde_json::from_str(&login_body(rng)).expect("generated JSON parses");
+    let mut login: serde_json::Value = serde_json::from_str(&login_body(rng)).expect("generated JSON parses");
     match rng.random_range(0..7) {
         0 => r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.to_owned(),
         1 => "this is not json".to_owned(),
@@ -149,10 +129,7 @@ fn bad_body(rng: &mut StdRng) -> String {
             login.to_string()
         }
         _ => {
-            login
-                .as_object_mut()
-                .expect("a login is an object")
-                .remove("device_id");
+            login.as_object_mut().expect("a login is an object").remove("device_id");
             login.to_string()
         }
     }
@@ -167,10 +144,7 @@ pub async fn send(
     concurrency: usize,
     on_sent: impl Fn(usize),
 ) -> Result<usize, SeedError> {
-    let batches: Vec<Vec<Outgoing>> = messages
-        .chunks(MAX_BATCH)
-        .map(<[Outgoing]>::to_vec)
-        .collect();
+    let batches: Vec<Vec<Outgoing>> = messages.chunks(MAX_BATCH).map(<[Outgoing]>::to_vec).collect();
     futures::stream::iter(batches)
         .map(|batch| send_batch(client, queue_url, attribute, batch))
         .buffer_unordered(concurrency.max(1))
@@ -192,9 +166,7 @@ async fn send_batch(
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let mut entry = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(m.body);
+            let mut entry = SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(m.body);
             if let (Some(name), Some(key)) = (attribute, m.key) {
                 let value = MessageAttributeValue::builder()
                     .data_type("String")
@@ -213,10 +185,7 @@ async fn send_batch(
         .set_entries(Some(entries))
         .send()
         .await
-        .map_err(|e| SourceError::Sqs {
-            operation: "SendMessageBatch",
-            source: Box::new(e),
-        })?;
+        .map_err(|e| SourceError::Sqs { operation: "SendMessageBatch", source: Box::new(e) })?;
     if !output.failed().is_empty() {
         return Err(SeedError::Refused(output.failed().len()));
     }
@@ -232,35 +201,18 @@ mod tests {
     fn generated_logins_are_valid_and_deterministic() {
         let a = generate(200, Mix::default(), 7);
         assert_eq!(a, generate(200, Mix::default(), 7));
-        assert!(
-            a.iter()
-                .all(|m| parse(m.body.as_bytes(), &Rules::default()).is_ok())
-        );
+        assert!(a.iter().all(|m| parse(m.body.as_bytes(), &Rules::default()).is_ok()));
     }
 
     #[test]
     fn the_bad_share_produces_rejects_of_several_kinds() {
-        let messages = generate(
-            2000,
-            Mix {
-                bad: 0.2,
-                repeat: 0.0,
-            },
-            1,
-        );
+        let messages = generate(2000, Mix { bad: 0.2, repeat: 0.0 }, 1);
         let reasons: std::collections::HashSet<_> = messages
             .iter()
-            .filter_map(|m| {
-                parse(m.body.as_bytes(), &Rules::default())
-                    .err()
-                    .map(|r| r.reason)
-            })
+            .filter_map(|m| parse(m.body.as_bytes(), &Rules::default()).err().map(|r| r.reason))
             .collect();
         assert!(reasons.len() >= 6, "{reasons:?}");
-        let bad = messages
-            .iter()
-            .filter(|m| parse(m.body.as_bytes(), &Rules::default()).is_err())
-            .count();
+        let bad = messages.iter().filter(|m| parse(m.body.as_bytes(), &Rules::default()).is_err()).count();
         assert!((300..500).contains(&bad), "{bad}");
     }
 
@@ -273,11 +225,6 @@ mod tests {
         assert_eq!(messages.len(), 2);
         assert_ne!(messages[0].key, messages[1].key);
         assert_eq!(messages, file_messages(&path, true).unwrap());
-        assert!(
-            file_messages(&path, false)
-                .unwrap()
-                .iter()
-                .all(|m| m.key.is_none())
-        );
+        assert!(file_messages(&path, false).unwrap().iter().all(|m| m.key.is_none()));
     }
 }

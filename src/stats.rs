@@ -93,8 +93,7 @@ impl Report {
 
     /// Whether every received delivery is accounted for.
     pub fn reconciles(&self) -> bool {
-        self.received
-            == self.written + self.quarantined_total() + self.duplicates() + self.abandoned
+        self.received == self.written + self.quarantined_total() + self.duplicates() + self.abandoned
     }
 }
 
@@ -115,33 +114,17 @@ impl std::fmt::Display for Report {
             writeln!(f, "  {reason:<18}{n:>9}")?;
         }
         if self.abandoned > 0 {
-            writeln!(
-                f,
-                "abandoned at stop   {:>9}   (not deleted: SQS redelivers them)",
-                self.abandoned
-            )?;
+            writeln!(f, "abandoned at stop   {:>9}   (not deleted: SQS redelivers them)", self.abandoned)?;
         }
         writeln!(f, "deleted from SQS    {:>9}", self.deleted)?;
         if self.delete_failed > 0 {
-            writeln!(
-                f,
-                "deletes failed      {:>9}   (harmless: redelivered, then skipped)",
-                self.delete_failed
-            )?;
+            writeln!(f, "deletes failed      {:>9}   (harmless: redelivered, then skipped)", self.delete_failed)?;
         }
         if self.left_for_redrive > 0 {
-            writeln!(
-                f,
-                "left for redrive    {:>9}   (dead-letter mode)",
-                self.left_for_redrive
-            )?;
+            writeln!(f, "left for redrive    {:>9}   (dead-letter mode)", self.left_for_redrive)?;
         }
         if self.unknown_fields > 0 {
-            writeln!(
-                f,
-                "unknown fields      {:>9}   (dropped, not stored)",
-                self.unknown_fields
-            )?;
+            writeln!(f, "unknown fields      {:>9}   (dropped, not stored)", self.unknown_fields)?;
         }
         let verdict = if self.reconciles() { "ok" } else { "MISMATCH" };
         write!(

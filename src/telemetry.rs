@@ -34,9 +34,7 @@ pub fn filter(configured: &str) -> EnvFilter {
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
     let filter = filter(&config.filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

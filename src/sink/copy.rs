@@ -25,8 +25,7 @@ const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS pii_ingest_staging
     locale text, app_version text, create_date date, sent_at timestamptz, mask_key_id text
 ) ON COMMIT DELETE ROWS";
 
-const LOGIN_COLUMNS: &str =
-    "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date, sent_at, mask_key_id";
+const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date, sent_at, mask_key_id";
 
 const STAGING_TYPES: [Type; 10] = [
     Type::TEXT,

@@ -99,9 +99,7 @@ impl SinkError {
                 DatabaseErrorKind::Unknown => Disposition::DataError,
                 _ => Disposition::Retry,
             },
-            DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => {
-                Disposition::DataError
-            }
+            DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
             _ => Disposition::Retry,
         }
     }
@@ -160,15 +158,9 @@ impl PgSink {
     }
 
     /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
-    pub async fn write(
-        &self,
-        logins: &[NewLogin],
-        quarantined: &[NewQuarantined],
-    ) -> Result<Written, SinkError> {
+    pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut conn = self.pool.get().await.map_err(SinkError::Pool)?;
-        conn.transaction(async |conn| insert_all(conn, logins, quarantined).await)
-            .await
-            .map_err(SinkError::Query)
+        conn.transaction(async |conn| insert_all(conn, logins, quarantined).await).await.map_err(SinkError::Query)
     }
 
     /// Whether the server answers a trivial query (used before blaming a row for a failure).
@@ -176,10 +168,7 @@ impl PgSink {
         let Ok(mut conn) = self.pool.get().await else {
             return false;
         };
-        diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .is_ok()
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
     }
 }
 

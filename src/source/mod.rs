@@ -2,12 +2,14 @@
 //! queue is drained. The pipeline knows nothing else about SQS, so tests can wrap the real source to
 //! inject faults (duplicate deliveries, failed deletes) while still talking to the emulator.
 
+pub mod file;
 pub mod sqs;
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
+pub use file::FileSource;
 pub use sqs::SqsSource;
 
 /// One delivery of one message. A redelivery is a new `Delivery` with the same `message_id` and a new
@@ -40,6 +42,8 @@ pub struct Deleted {
 pub enum SourceError {
     #[error("queue {0} does not exist (create it with `pii-ingest seed` or your infrastructure)")]
     QueueNotFound(String),
+    #[error("reading the replay file failed")]
+    File(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("SQS {operation} failed")]
     Sqs {
         operation: &'static str,
@@ -54,21 +58,14 @@ pub trait Source: Send + Sync + 'static {
     fn receive(&self) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
 
     /// Deletes up to 10 deliveries by receipt handle and reports each entry's fate.
-    fn delete(
-        &self,
-        receipt_handles: &[String],
-    ) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
+    fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
 
     /// True when the queue holds no visible, in-flight or delayed message.
     fn is_drained(&self) -> impl Future<Output = Result<bool, SourceError>> + Send;
 
     /// Keeps up to 10 deliveries invisible for another `seconds`, while their batch is still being
     /// worked on. Failures are reported but harmless (the message may be redelivered and skipped).
-    fn extend(
-        &self,
-        receipt_handles: &[String],
-        seconds: u32,
-    ) -> impl Future<Output = Result<(), SourceError>> + Send;
+    fn extend(&self, receipt_handles: &[String], seconds: u32) -> impl Future<Output = Result<(), SourceError>> + Send;
 
     /// How long a received message stays invisible (the queue's visibility timeout).
     fn visibility_timeout(&self) -> std::time::Duration;

@@ -6,8 +6,8 @@ use aws_sdk_sqs::Client;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 use chrono::{DateTime, Utc};
 
@@ -43,10 +43,7 @@ impl SqsSource {
             queue_url,
             visibility_timeout,
             wait_time_seconds: config.wait_time_seconds as i32,
-            idempotency_attribute: config
-                .idempotency_key_attribute
-                .clone()
-                .filter(|a| !a.is_empty()),
+            idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
         })
     }
 
@@ -62,14 +59,10 @@ impl SqsSource {
 
     fn to_delivery(&self, message: aws_sdk_sqs::types::Message) -> Option<Delivery> {
         let attributes = message.attributes();
-        let system = |name: MessageSystemAttributeName| {
-            attributes.and_then(|a| a.get(&name)).map(String::as_str)
-        };
-        let sent_ms =
-            system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
-        let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1);
+        let system = |name: MessageSystemAttributeName| attributes.and_then(|a| a.get(&name)).map(String::as_str);
+        let sent_ms = system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
+        let receive_count =
+            system(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|s| s.parse().ok()).unwrap_or(1);
         let key = self.idempotency_attribute.as_ref().and_then(|name| {
             let value = message.message_attributes()?.get(name)?.string_value()?;
             (!value.is_empty() && value.len() <= 128).then(|| value.to_owned())
@@ -78,9 +71,7 @@ impl SqsSource {
         Some(Delivery {
             message_id,
             receipt_handle: message.receipt_handle()?.to_owned(),
-            sent_at: sent_ms
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or_else(Utc::now),
+            sent_at: sent_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now),
             receive_count,
             body: message.body.unwrap_or_default().into_bytes(),
         })
@@ -100,16 +91,8 @@ impl Source for SqsSource {
         if let Some(name) = &self.idempotency_attribute {
             request = request.message_attribute_names(name);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|e| sqs_error("ReceiveMessage", e))?;
-        Ok(output
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| self.to_delivery(m))
-            .collect())
+        let output = request.send().await.map_err(|e| sqs_error("ReceiveMessage", e))?;
+        Ok(output.messages.unwrap_or_default().into_iter().filter_map(|m| self.to_delivery(m)).collect())
     }
 
     async fn delete(&self, receipt_handles: &[String]) -> Result<Deleted, SourceError> {
@@ -138,10 +121,7 @@ impl Source for SqsSource {
             .filter_map(|f| f.id().parse::<usize>().ok())
             .filter_map(|i| receipt_handles.get(i).cloned())
             .collect();
-        Ok(Deleted {
-            ok: output.successful().len(),
-            failed,
-        })
+        Ok(Deleted { ok: output.successful().len(), failed })
     }
 
     async fn extend(&self, receipt_handles: &[String], seconds: u32) -> Result<(), SourceError> {
@@ -182,18 +162,13 @@ impl Source for SqsSource {
             .send()
             .await
             .map_err(|e| sqs_error("GetQueueAttributes", e))?;
-        let total: u64 = output
-            .attributes()
-            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
+        let total: u64 =
+            output.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
         Ok(total == 0)
     }
 }
 
-async fn read_visibility_timeout(
-    client: &Client,
-    queue_url: &str,
-) -> Result<Duration, SourceError> {
+async fn read_visibility_timeout(client: &Client, queue_url: &str) -> Result<Duration, SourceError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -233,10 +208,7 @@ pub async fn client(config: &SqsConfig) -> Client {
 pub async fn queue_url(client: &Client, name: &str) -> Result<String, SourceError> {
     match client.get_queue_url().queue_name(name).send().await {
         Ok(output) => Ok(output.queue_url.unwrap_or_default()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_queue_does_not_exist()) =>
-        {
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => {
             Err(SourceError::QueueNotFound(name.to_owned()))
         }
         Err(e) => Err(sqs_error("GetQueueUrl", e)),
@@ -247,8 +219,5 @@ fn sqs_error<E>(operation: &'static str, error: E) -> SourceError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    SourceError::Sqs {
-        operation,
-        source: Box::new(error),
-    }
+    SourceError::Sqs { operation, source: Box::new(error) }
 }

@@ -35,13 +35,7 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
     assert!(stdout(&pii_ingest(&env, &["seed", "--file", sample])).contains("sent 100 messages"));
     let first = stdout(&pii_ingest(&env, &["run", "--until-empty", "--json"]));
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
-    assert_eq!(
-        (
-            first["written"].as_u64(),
-            first["quarantined"]["missing_field"].as_u64()
-        ),
-        (Some(99), Some(1))
-    );
+    assert_eq!((first["written"].as_u64(), first["quarantined"]["missing_field"].as_u64()), (Some(99), Some(1)));
 
     stdout(&pii_ingest(&env, &["seed", "--file", sample]));
     let second = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
@@ -57,42 +51,27 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
 async fn run_refuses_to_start_without_a_masking_key() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let dir = tempfile::tempdir().unwrap();
-    let env: Vec<_> = binary_env(&db, &queue, dir.path())
-        .into_iter()
-        .filter(|(k, _)| !k.contains("MASKING"))
-        .collect();
+    let env: Vec<_> = binary_env(&db, &queue, dir.path()).into_iter().filter(|(k, _)| !k.contains("MASKING")).collect();
     let output = pii_ingest(&env, &["run", "--until-empty"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("masking.key") && stderr.contains("32 bytes"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("masking.key") && stderr.contains("32 bytes"), "{stderr}");
     db.drop().await;
     queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_bad_setting_is_one_line_naming_the_key() {
-    let output = pii_ingest(
-        &[("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "99".into())],
-        &["check-config"],
-    );
+    let output = pii_ingest(&[("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "99".into())], &["check-config"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        stderr.trim(),
-        "error: configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20"
-    );
+    assert_eq!(stderr.trim(), "error: configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
 }
 
 #[tokio::test]
 async fn check_config_never_prints_the_key() {
     let key = "a-very-secret-masking-key-that-is-long-enough";
-    let output = pii_ingest(
-        &[("PII_INGEST__MASKING__KEY".into(), key.into())],
-        &["check-config"],
-    );
+    let output = pii_ingest(&[("PII_INGEST__MASKING__KEY".into(), key.into())], &["check-config"]);
     let text = stdout(&output);
     assert!(!text.contains(key), "{text}");
     assert!(text.contains("masking key: ok"), "{text}");
@@ -109,10 +88,7 @@ async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pii-corpus.jsonl");
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
     let mut raw: Vec<String> = Vec::new();
-    for line in std::fs::read_to_string(sample)
-        .unwrap()
-        .lines()
-        .chain(std::fs::read_to_string(corpus).unwrap().lines())
+    for line in std::fs::read_to_string(sample).unwrap().lines().chain(std::fs::read_to_string(corpus).unwrap().lines())
     {
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(line) {
             for field in ["ip", "device_id"] {
@@ -140,10 +116,7 @@ async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
     run(&["seed", "--file", sample]);
     run(&["seed", "--file", corpus]);
     run(&["run", "--until-empty"]);
-    assert!(
-        output.contains("TRACE") || output.contains("DEBUG"),
-        "the run really logged verbosely"
-    );
+    assert!(output.contains("TRACE") || output.contains("DEBUG"), "the run really logged verbosely");
 
     let mut ledger_bytes = Vec::new();
     for entry in walk(&dir.path().join("ledger")) {
@@ -151,14 +124,8 @@ async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
     }
     let ledger_text = String::from_utf8_lossy(&ledger_bytes);
     for value in &raw {
-        assert!(
-            !output.contains(value.as_str()),
-            "raw value {value:?} reached the output"
-        );
-        assert!(
-            !ledger_text.contains(value.as_str()),
-            "raw value {value:?} reached the ledger"
-        );
+        assert!(!output.contains(value.as_str()), "raw value {value:?} reached the output");
+        assert!(!ledger_text.contains(value.as_str()), "raw value {value:?} reached the ledger");
     }
     db.drop().await;
     queue.delete().await;
@@ -168,11 +135,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path))
-        } else {
-            files.push(path)
-        }
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
     }
     files
 }
@@ -197,14 +160,35 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
 
     // The database is dropped and recreated; the ledger directory survives with all 100 ids.
-    db.execute(
-        "DROP TABLE user_logins, quarantined_messages, ingest_meta, __diesel_schema_migrations",
-    )
-    .await;
+    db.execute("DROP TABLE user_logins, quarantined_messages, ingest_meta, __diesel_schema_migrations").await;
     stdout(&pii_ingest(&env, &["migrate"]));
     stdout(&pii_ingest(&env, &["seed", "--file", sample]));
     let again = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
     assert!(again.contains("rows written               99"), "{again}");
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn replaying_a_file_twice_or_after_seeding_it_writes_it_once() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = binary_env(&db, &queue, dir.path());
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+
+    let first: serde_json::Value =
+        serde_json::from_str(&stdout(&pii_ingest(&env, &["replay", "--file", sample, "--json"]))).unwrap();
+    assert_eq!((first["written"].as_u64(), first["quarantined"]["missing_field"].as_u64()), (Some(99), Some(1)));
+    let second = stdout(&pii_ingest(&env, &["replay", "--file", sample]));
+    assert!(second.contains("rows written                0"), "{second}");
+
+    // The same file sent through SQS carries the same keys: nothing new either, even with the
+    // ledger gone (the database answers).
+    std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
+    let third = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    assert!(third.contains("rows written                0"), "{third}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
     db.drop().await;
     queue.delete().await;
