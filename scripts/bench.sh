@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Throughput benchmark: starts Postgres and the SQS emulator if needed, builds in release mode, and runs
+# pii-bench, which measures pii-ingest against bare baselines in the same run and prints one table:
+#   SQS drain vs a bare receive+delete drain (same concurrency, same queue size),
+#   Postgres write path (replay) vs a bare binary COPY of the same rows,
+#   peak RSS while draining, and sent->commit latency at half the measured rate.
+# Arguments go to pii-bench: --messages N (100000) --rows N (200000) --receivers N (8)
+#   --latency-seconds S (20; 0 skips) --skip-sqs --skip-postgres
+# Takes about 3-5 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
+set -euo pipefail
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
+scripts/postgres.sh
+scripts/emulator.sh start
+cargo build --release --locked --bins
+exec target/release/pii-bench "$@"

@@ -1,0 +1,395 @@
+//! `pii-bench`: measures pii-ingest against its two limits in one run and prints one table of
+//! figures, baselines and ratios (run it through `scripts/bench.sh`, which builds in release mode and
+//! starts the services).
+//!
+//! - SQS side: a bare drain (ReceiveMessage 10 + DeleteMessageBatch, no work, same concurrency) of N
+//!   messages, then `pii-ingest run --until-empty` on another N-message queue.
+//! - Postgres side: a bare binary COPY of M masked rows into a copy of `user_logins`, then
+//!   `pii-ingest replay` of the same M lines (parse, mask, ledger, dedup, one transaction per batch).
+//! - Peak RSS of the ingester while it drains, and SentTimestamp-to-commit latency at half of the
+//!   measured drain rate.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+use clap::Parser;
+use pii_ingest::config::SqsConfig;
+use pii_ingest::event::{Rules, parse};
+use pii_ingest::mask::Masker;
+use pii_ingest::{db, seed, source};
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+#[derive(Parser)]
+struct Args {
+    /// Messages per SQS measurement.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Rows per Postgres measurement.
+    #[arg(long, default_value_t = 200_000)]
+    rows: usize,
+    /// Concurrent receivers, for the bare drain and the ingester alike.
+    #[arg(long, default_value_t = 8)]
+    receivers: usize,
+    /// Seconds of steady load for the latency measurement (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    latency_seconds: u64,
+    #[arg(long)]
+    skip_sqs: bool,
+    #[arg(long)]
+    skip_postgres: bool,
+    #[arg(long, default_value = "http://127.0.0.1:4566")]
+    sqs_endpoint: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+}
+
+const KEY: &str = "benchmark-key-not-a-secret-0123456789";
+
+struct Row {
+    measure: String,
+    value: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: &'static str,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ingester = sibling_binary("pii-ingest")?;
+    let mut table = Vec::new();
+    let work = tempfile::tempdir()?;
+    if !args.skip_postgres {
+        postgres_side(&args, &ingester, work.path(), &mut table).await?;
+    }
+    if !args.skip_sqs {
+        sqs_side(&args, &ingester, work.path(), &mut table).await?;
+    }
+    print_table(&table);
+    Ok(())
+}
+
+async fn sqs_side(args: &Args, ingester: &PathBuf, work: &std::path::Path, table: &mut Vec<Row>) -> anyhow::Result<()> {
+    let client = source::sqs::client(&sqs_config(args, "unused")).await;
+    let n = args.messages;
+    eprintln!("sqs: seeding {n} messages for the bare drain");
+    let bare_queue = fresh_queue(&client).await?;
+    seed_queue(&client, &bare_queue.1, n).await?;
+    eprintln!("sqs: bare drain (receive 10 + delete batch, {} receivers)", args.receivers);
+    let bare = bare_drain(&client, &bare_queue.1, n, args.receivers).await?;
+    client.delete_queue().queue_url(&bare_queue.1).send().await?;
+
+    eprintln!("sqs: seeding {n} messages for pii-ingest");
+    let queue = fresh_queue(&client).await?;
+    seed_queue(&client, &queue.1, n).await?;
+    let db_url = fresh_database(&args.postgres, "pii_bench_sqs").await?;
+    eprintln!("sqs: pii-ingest run --until-empty");
+    let env = ingest_env(args, &db_url, &queue.0, work, "sqs");
+    let started = Instant::now();
+    let child = spawn(ingester, &["run", "--until-empty", "--json"], &env)?;
+    let peak = wait_with_peak_rss(child)?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    client.delete_queue().queue_url(&queue.1).send().await?;
+    table.push(Row {
+        measure: format!("SQS drain, msg/s ({n} msgs, {} receivers)", args.receivers),
+        value: format!("{rate:.0}"),
+        baseline: format!("{bare:.0} bare receive+delete"),
+        ratio: Some(rate / bare),
+        target: ">= 0.90",
+    });
+    table.push(Row {
+        measure: format!("peak RSS draining {n} msgs, MiB"),
+        value: format!("{:.1}", peak as f64 / 1024.0),
+        baseline: "100 MiB budget".into(),
+        ratio: Some(peak as f64 / 1024.0 / 100.0),
+        target: "<= 1.00",
+    });
+    if args.latency_seconds > 0 {
+        latency(args, ingester, work, &client, rate / 2.0, table).await?;
+    }
+    Ok(())
+}
+
+async fn postgres_side(args: &Args, ingester: &PathBuf, work: &std::path::Path, table: &mut Vec<Row>) -> anyhow::Result<()> {
+    let m = args.rows;
+    let file = work.join("rows.jsonl");
+    let lines: Vec<String> = seed::generate(m, seed::Mix::default(), 11).into_iter().map(|o| o.body).collect();
+    std::fs::write(&file, lines.join("\n") + "\n")?;
+    let db_url = fresh_database(&args.postgres, "pii_bench_pg").await?;
+
+    eprintln!("postgres: bare binary COPY of {m} rows");
+    let copy_rate = bare_copy(&db_url, &lines).await?;
+    eprintln!("postgres: pii-ingest replay of the same {m} lines");
+    let env = ingest_env(args, &db_url, "unused", work, "replay");
+    let started = Instant::now();
+    let status = spawn(ingester, &["replay", "--file", file.to_str().unwrap()], &env)?.wait()?;
+    if !status.success() {
+        bail!("pii-ingest replay failed");
+    }
+    let rate = m as f64 / started.elapsed().as_secs_f64();
+    table.push(Row {
+        measure: format!("Postgres write, rows/s ({m} rows, replay)"),
+        value: format!("{rate:.0}"),
+        baseline: format!("{copy_rate:.0} bare binary COPY"),
+        ratio: Some(rate / copy_rate),
+        target: ">= 0.70",
+    });
+    Ok(())
+}
+
+/// Rows/s of one binary COPY of the masked rows into a fresh copy of `user_logins`.
+async fn bare_copy(db_url: &str, lines: &[String]) -> anyhow::Result<f64> {
+    let masker = Masker::new(KEY.as_bytes(), Some("bench")).unwrap();
+    let rules = Rules::default();
+    let now = chrono::Utc::now();
+    let rows: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            let login = parse(line.as_bytes(), &rules).map_err(|r| anyhow::anyhow!("{r}"))?;
+            Ok((
+                format!("bench-{i}"),
+                login.user_id,
+                login.device_type,
+                masker.token(&login.ip),
+                masker.token(&login.device_id),
+                login.locale,
+                login.app_version,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (mut client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
+    tokio::spawn(connection);
+    client.batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)").await?;
+    let started = Instant::now();
+    let tx = client.transaction().await?;
+    let sink = tx
+        .copy_in(
+            "COPY bench_copy (message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
+             create_date, sent_at, mask_key_id) FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::BPCHAR,
+        Type::VARCHAR,
+        Type::VARCHAR,
+        Type::DATE,
+        Type::TIMESTAMPTZ,
+        Type::VARCHAR,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    let (date, key_id) = (now.date_naive(), "bench".to_owned());
+    for r in &rows {
+        let values: [&(dyn ToSql + Sync); 10] = [&r.0, &r.1, &r.2, &r.3, &r.4, &r.5, &r.6, &date, &now, &key_id];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    tx.commit().await?;
+    Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Messages/s of receive-10-then-delete with `receivers` concurrent loops, until `n` are deleted.
+async fn bare_drain(client: &Client, url: &str, n: usize, receivers: usize) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..receivers {
+        let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < n {
+                let out = client.receive_message().queue_url(&url).max_number_of_messages(10).wait_time_seconds(1).send().await?;
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() {
+                    continue;
+                }
+                let entries = messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                            .expect("id and handle set")
+                    })
+                    .collect();
+                let out = client.delete_message_batch().queue_url(&url).set_entries(Some(entries)).send().await?;
+                done.fetch_add(out.successful().len(), Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Sends at `rate` msg/s for the configured seconds while `pii-ingest run` drains, then reads the
+/// SentTimestamp-to-commit latency of every row from the database.
+async fn latency(
+    args: &Args,
+    ingester: &PathBuf,
+    work: &std::path::Path,
+    client: &Client,
+    rate: f64,
+    table: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let queue = fresh_queue(client).await?;
+    let db_url = fresh_database(&args.postgres, "pii_bench_latency").await?;
+    let env = ingest_env(args, &db_url, &queue.0, work, "latency");
+    let mut child = spawn(ingester, &["run"], &env)?;
+    let total = (rate * args.latency_seconds as f64) as usize;
+    eprintln!("latency: {total} messages at {rate:.0} msg/s while pii-ingest runs");
+    let started = Instant::now();
+    let mut sent = 0;
+    let tick = Duration::from_millis(100);
+    while sent < total {
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+        if due > sent {
+            let batch = seed::generate(due - sent, seed::Mix::default(), sent as u64);
+            seed::send(client, &queue.1, None, batch, 8, |_| {}).await?;
+            sent = due;
+        }
+        tokio::time::sleep(tick).await;
+    }
+    let (mut pg, connection) = tokio_postgres::connect(&db_url, NoTls).await?;
+    tokio::spawn(connection);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n: i64 = pg.query_one("SELECT count(*) FROM user_logins", &[]).await?.get(0);
+        if n as usize >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    child.wait()?;
+    let row = pg
+        .query_one(
+            "SELECT (percentile_cont(0.5) WITHIN GROUP (ORDER BY ms))::float8, \
+                    (percentile_cont(0.99) WITHIN GROUP (ORDER BY ms))::float8 \
+             FROM (SELECT extract(epoch FROM ingested_at - sent_at) * 1000 AS ms FROM user_logins) t",
+            &[],
+        )
+        .await?;
+    let _ = &mut pg;
+    let (p50, p99): (f64, f64) = (row.get(0), row.get(1));
+    client.delete_queue().queue_url(&queue.1).send().await?;
+    table.push(Row {
+        measure: format!("latency sent->commit at {rate:.0} msg/s, p50 / p99 ms"),
+        value: format!("{p50:.0} / {p99:.0}"),
+        baseline: "-".into(),
+        ratio: None,
+        target: "report",
+    });
+    Ok(())
+}
+
+fn sqs_config(args: &Args, queue: &str) -> SqsConfig {
+    SqsConfig {
+        endpoint_url: Some(args.sqs_endpoint.clone()),
+        queue_name: queue.into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some(pii_ingest::config::Secret("test".into())),
+        ..SqsConfig::default()
+    }
+}
+
+async fn fresh_queue(client: &Client) -> anyhow::Result<(String, String)> {
+    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let url = seed::ensure_queue(client, &name, 30).await.context("is the emulator running? scripts/emulator.sh start")?;
+    Ok((name, url))
+}
+
+async fn seed_queue(client: &Client, url: &str, n: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    seed::send(client, url, None, seed::generate(n, seed::Mix::default(), 5), 16, |_| {}).await?;
+    eprintln!("  sent {n} in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+async fn fresh_database(server: &str, name: &str) -> anyhow::Result<String> {
+    let url = format!("{server}/{name}");
+    db::drop_database(&url).await?;
+    db::create_database_if_missing(&url).await?;
+    db::migrate(&url, true).await?;
+    Ok(url)
+}
+
+fn ingest_env(args: &Args, db_url: &str, queue: &str, work: &std::path::Path, tag: &str) -> Vec<(String, String)> {
+    vec![
+        ("PII_INGEST__POSTGRES__URL".into(), db_url.into()),
+        ("PII_INGEST__SQS__ENDPOINT_URL".into(), args.sqs_endpoint.clone()),
+        ("PII_INGEST__SQS__ACCESS_KEY_ID".into(), "test".into()),
+        ("PII_INGEST__SQS__SECRET_ACCESS_KEY".into(), "test".into()),
+        ("PII_INGEST__SQS__QUEUE_NAME".into(), queue.into()),
+        ("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "1".into()),
+        ("PII_INGEST__PIPELINE__RECEIVERS".into(), args.receivers.to_string()),
+        ("PII_INGEST__LEDGER__PATH".into(), work.join(format!("ledger-{tag}")).display().to_string()),
+        ("PII_INGEST__MASKING__KEY".into(), KEY.into()),
+        ("PII_INGEST__LOG__FILTER".into(), "warn".into()),
+    ]
+}
+
+fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .args(["--config", "/nonexistent/config.toml"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))
+}
+
+/// Waits for the child, sampling its resident set every 20 ms; returns the peak in KiB.
+fn wait_with_peak_rss(mut child: Child) -> anyhow::Result<u64> {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            for line in status.lines().filter(|l| l.starts_with("VmHWM:") || l.starts_with("VmRSS:")) {
+                let kib = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                peak = peak.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("pii-ingest exited with {status}");
+            }
+            return Ok(peak);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.exists() {
+        bail!("{} not found: build it with `cargo build --release --bins`", path.display());
+    }
+    Ok(path)
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| measure | pii-ingest | baseline (same run) | ratio | target |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in rows {
+        let ratio = r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        println!("| {} | {} | {} | {} | {} |", r.measure, r.value, r.baseline, ratio, r.target);
+    }
+}
