@@ -72,6 +72,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rows, date range, quarantined by reason, ledger entries, last ingest time.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration, secrets redacted.
     CheckConfig,
 }

@@ -24,6 +24,20 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub validation: ValidationConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for `/metrics`, `/healthz` and `/readyz` while `run` works; empty disables them.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9898".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -267,6 +281,9 @@ impl Config {
         }
         if p.delete_concurrency == 0 {
             return Err(invalid("pipeline.delete_concurrency", "at least 1"));
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("metrics.listen", "an address such as 127.0.0.1:9898, or \"\" to disable"));
         }
         if self.ledger.path.as_os_str().is_empty() {
             return Err(invalid("ledger.path", "a directory for the ledger store"));

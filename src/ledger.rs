@@ -66,6 +66,12 @@ impl Ledger {
         }
     }
 
+    /// Opens an existing store without repairing or moving anything (for read-only reports).
+    pub fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
+        let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
+        Ok(Ledger { db })
+    }
+
     /// A ledger that lives in memory only (for replays and tests that want no local state).
     pub fn temporary() -> Ledger {
         let db = sled::Config::new().temporary(true).open().expect("a temporary sled store needs no disk");

@@ -19,7 +19,10 @@
 //! | [`sink`] | one Postgres transaction per batch, `ON CONFLICT (message_id) DO NOTHING` | Postgres |
 //! | [`db`] | pool, embedded migrations, database creation | Postgres |
 //! | [`pipeline`] | receive -> skip known -> judge -> write -> record -> delete | all of the above |
+//! | [`ops`] | `/metrics`, `/healthz`, `/readyz`; polled gauges | SQS, Postgres, ledger |
+//! | [`progress`] | progress bars on a terminal, silent elsewhere | stderr |
 //! | [`seed`] | load a queue from a JSONL file or with synthetic logins | SQS |
+//! | [`summary`] | `pii-ingest stats`: what the database and ledger hold | Postgres, ledger |
 //! | [`stats`] | counters for one drain and the reconciliation report | nothing |
 //!
 //! The invariants (see `docs/exactly-once.md`): Postgres is the source of truth; the ledger is written
@@ -34,10 +37,13 @@ pub mod db;
 pub mod event;
 pub mod ledger;
 pub mod mask;
+pub mod ops;
 pub mod pipeline;
+pub mod progress;
 pub mod schema;
 pub mod seed;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod summary;
 pub mod telemetry;

@@ -6,11 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use indicatif::ProgressBar;
 use pii_ingest::cli::{Cli, Command};
 use pii_ingest::config::Config;
 use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::source::{FileSource, Source};
-use pii_ingest::{app, db, seed, telemetry};
+use pii_ingest::{app, db, ops, progress, seed, summary, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,6 +50,25 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             seed_queue(&config, messages, concurrency).await
         }
         Command::Replay { file, sent_at, json } => replay(config, &file, sent_at, json).await,
+        Command::Stats { json } => {
+            let mut summary = summary::read(config.postgres.url.expose()).await?;
+            if config.ledger.path.exists() {
+                // Opening the store takes its lock: this fails while `run` holds the same ledger.
+                summary.ledger_entries = match pii_ingest::ledger::Ledger::open_existing(&config.ledger.path) {
+                    Ok(ledger) => Some(ledger.len()),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "ledger not readable (in use by a running ingester?)");
+                        None
+                    }
+                };
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{summary}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig => {
             print!("{}", config.redacted_toml());
             match config.masker() {
@@ -61,8 +81,24 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 }
 
 async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let recorder = match config.metrics.listen.is_empty() {
+        true => None,
+        false => Some(ops::install_recorder().context("cannot install the metrics recorder")?),
+    };
     let pipeline = app::pipeline(&config, until_empty).await?;
-    drain(pipeline, json).await
+    let bar = match until_empty {
+        true => Some(progress::bar(pipeline.source.depth().await.map(|d| d.total()).unwrap_or(0), "draining")),
+        false => None,
+    };
+    if let Some(handle) = recorder {
+        // validate() checked that the address parses.
+        let listen = config.metrics.listen.parse().expect("metrics.listen was validated");
+        let (source, ledger) = ((*pipeline.source).clone(), pipeline.ledger.clone());
+        ops::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned())
+            .await
+            .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
+    }
+    drain(pipeline, json, bar).await
 }
 
 async fn replay(
@@ -72,18 +108,24 @@ async fn replay(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
+    let lines = std::fs::read(file).map(|b| b.iter().filter(|c| **c == b'\n').count() as u64).unwrap_or(0);
     let mut settings = Settings::from_config(&config.pipeline, true);
     settings.receivers = 1; // one reader of one file; the writer batches its chunks
     let pipeline = app::pipeline_over(&config, source, settings).await?;
-    drain(pipeline, json).await
+    drain(pipeline, json, Some(progress::bar(lines, "replaying"))).await
 }
 
 /// Runs a pipeline until stopped or drained and prints its report.
-async fn drain<S: Source>(pipeline: Pipeline<S>, json: bool) -> anyhow::Result<ExitCode> {
+async fn drain<S: Source>(pipeline: Pipeline<S>, json: bool, bar: Option<ProgressBar>) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     tokio::spawn(handle_signals(stop.clone()));
     let started = std::time::Instant::now();
+    let follower = bar.clone().map(|bar| progress::follow(pipeline.stats.clone(), bar));
     let report = pipeline.run(stop).await;
+    if let (Some(follower), Some(bar)) = (follower, bar) {
+        follower.abort();
+        bar.finish_and_clear();
+    }
     let seconds = started.elapsed().as_secs_f64();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -142,7 +184,9 @@ async fn seed_queue(config: &Config, messages: Vec<seed::Outgoing>, concurrency:
     };
     let started = std::time::Instant::now();
     let attribute = config.sqs.idempotency_key_attribute.as_deref().filter(|a| !a.is_empty());
-    let sent = seed::send(&client, &url, attribute, messages, concurrency, |_| {}).await?;
+    let bar = progress::bar(messages.len() as u64, "sending");
+    let sent = seed::send(&client, &url, attribute, messages, concurrency, |n| bar.inc(n as u64)).await?;
+    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     println!("sent {sent} messages to {url} in {seconds:.2} s ({:.0} msg/s)", sent as f64 / seconds.max(1e-9));
     Ok(ExitCode::SUCCESS)

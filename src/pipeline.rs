@@ -25,7 +25,7 @@ use crate::ledger::Ledger;
 use crate::mask::Masker;
 use crate::sink::{Disposition, NewLogin, NewQuarantined, Sink, Written};
 use crate::source::{Delivery, Source};
-use crate::stats::{Report, Stats};
+use crate::stats::{Counter, Report, Stats};
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
@@ -120,14 +120,14 @@ impl<S: Source> Pipeline<S> {
                 }
                 Ok(batch) => {
                     failures = 0;
-                    Stats::add(&self.stats.received, batch.len());
+                    self.stats.add(Counter::Received, batch.len());
                     if tx.send(batch).await.is_err() {
                         return;
                     }
                 }
                 Err(error) => {
                     failures += 1;
-                    Stats::add(&self.stats.retries, 1);
+                    self.stats.add(Counter::RetryReceive, 1);
                     let delay = backoff(failures);
                     tracing::warn!(
                         error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64,
@@ -175,10 +175,10 @@ impl<S: Source> Pipeline<S> {
         let mut judged = Vec::with_capacity(size);
         for delivery in batch {
             if !seen.insert(delivery.message_id.clone()) {
-                Stats::add(&self.stats.duplicate_in_batch, 1);
+                self.stats.add(Counter::DuplicateInBatch, 1);
                 in_batch.push(delivery.receipt_handle);
             } else if self.ledger.contains(&delivery.message_id) {
-                Stats::add(&self.stats.duplicate_ledger, 1);
+                self.stats.add(Counter::DuplicateLedger, 1);
                 skipped.push(delivery.receipt_handle);
             } else {
                 let verdict = self.judge(&delivery);
@@ -194,7 +194,7 @@ impl<S: Source> Pipeline<S> {
             never = self.keep_invisible(&in_hand) => match never {},
         };
         let Some(Committed { written, refused }) = outcome else {
-            Stats::add(&self.stats.abandoned, judged.len() + in_batch.len());
+            self.stats.add(Counter::Abandoned, judged.len() + in_batch.len());
             self.delete(skipped, deletes, permits);
             return;
         };
@@ -207,12 +207,12 @@ impl<S: Source> Pipeline<S> {
                 // Refused by Postgres and already counted by `commit`; if even its quarantine record
                 // failed, the message stays in the queue.
                 (_, Some(false)) => {
-                    Stats::add(&self.stats.abandoned, 1);
+                    self.stats.add(Counter::Abandoned, 1);
                     continue;
                 }
                 (_, Some(true)) => true,
                 (Judged::Login(_), None) if written.logins.contains(id) => {
-                    Stats::add(&self.stats.written, 1);
+                    self.stats.add(Counter::Written, 1);
                     false
                 }
                 (Judged::Reject(_, reason), None) if written.quarantined.contains(id) => {
@@ -220,19 +220,21 @@ impl<S: Source> Pipeline<S> {
                     true
                 }
                 (verdict, None) => {
-                    Stats::add(&self.stats.duplicate_database, 1);
+                    self.stats.add(Counter::DuplicateDatabase, 1);
                     matches!(verdict, Judged::Reject(..))
                 }
             };
             if is_reject && !self.settings.delete_rejected {
                 // Left for the redrive policy: not in the ledger either, or a redelivery would be deleted.
-                Stats::add(&self.stats.left_for_redrive, 1);
+                self.stats.add(Counter::LeftForRedrive, 1);
                 continue;
             }
             committed.push(id);
             to_delete.push(delivery.receipt_handle.clone());
         }
         self.ledger.record(committed);
+        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
+        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
         tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
         self.delete(to_delete, deletes, permits);
     }
@@ -247,7 +249,7 @@ impl<S: Source> Pipeline<S> {
             tokio::time::sleep(timeout / 2).await;
             for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
                 match self.source.extend(chunk, seconds).await {
-                    Ok(()) => Stats::add(&self.stats.visibility_extended, chunk.len()),
+                    Ok(()) => self.stats.add(Counter::VisibilityExtended, chunk.len()),
                     Err(error) => {
                         tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", "could not extend visibility; the batch may be redelivered (and then skipped)")
                     }
@@ -260,7 +262,7 @@ impl<S: Source> Pipeline<S> {
     fn judge(&self, delivery: &Delivery) -> Judged {
         match event::parse(&delivery.body, &self.rules) {
             Ok(login) => {
-                Stats::add(&self.stats.unknown_fields, login.unknown_fields);
+                self.stats.add(Counter::UnknownFields, login.unknown_fields);
                 Judged::Login(NewLogin {
                     message_id: delivery.message_id.clone(),
                     masked_ip: self.masker.token(&login.ip),
@@ -333,7 +335,7 @@ impl<S: Source> Pipeline<S> {
                     let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else { unreachable!() };
                     let stored = match self.sink.write(&[], std::slice::from_ref(&record)).await {
                         Ok(w) if w.quarantined.is_empty() => {
-                            Stats::add(&self.stats.duplicate_database, 1);
+                            self.stats.add(Counter::DuplicateDatabase, 1);
                             true
                         }
                         Ok(_) => {
@@ -349,7 +351,7 @@ impl<S: Source> Pipeline<S> {
                 }
                 Err(error) => {
                     failures += 1;
-                    Stats::add(&self.stats.retries, 1);
+                    self.stats.add(Counter::RetryWrite, 1);
                     let delay = backoff(failures);
                     tracing::warn!(batch.size = part.len(), error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
                     pending.push(part);
@@ -398,7 +400,7 @@ async fn delete_with_retry<S: Source>(source: &S, mut handles: Vec<String>, stat
     for attempt in 1..=DELETE_ATTEMPTS {
         match source.delete(&handles).await {
             Ok(outcome) => {
-                Stats::add(&stats.deleted, outcome.ok);
+                stats.add(Counter::Deleted, outcome.ok);
                 if outcome.failed.is_empty() {
                     return;
                 }
@@ -408,9 +410,12 @@ async fn delete_with_retry<S: Source>(source: &S, mut handles: Vec<String>, stat
                 tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", attempt, "delete failed")
             }
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        if attempt < DELETE_ATTEMPTS {
+            stats.add(Counter::RetryDelete, 1);
+            tokio::time::sleep(backoff(attempt)).await;
+        }
     }
-    Stats::add(&stats.delete_failed, handles.len());
+    stats.add(Counter::DeleteFailed, handles.len());
     tracing::warn!(
         count = handles.len(),
         "deletes still failing; those messages will be redelivered and skipped as duplicates"

@@ -9,54 +9,96 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::event::RejectReason;
 
+/// The things a drain counts. Each is also exported as a Prometheus counter (see [`Counter::emit`]);
+/// labels come from fixed sets (layers, causes, reason codes), never from message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Received,
+    Written,
+    DuplicateInBatch,
+    DuplicateLedger,
+    DuplicateDatabase,
+    /// In hand when a forced stop came; not deleted, so SQS redelivers them.
+    Abandoned,
+    Deleted,
+    DeleteFailed,
+    /// Rejects left undeleted for the queue's redrive policy (dead-letter mode).
+    LeftForRedrive,
+    UnknownFields,
+    RetryReceive,
+    RetryWrite,
+    RetryDelete,
+    /// Deliveries whose visibility was extended while their batch was slow to commit.
+    VisibilityExtended,
+}
+
+const COUNTERS: usize = Counter::VisibilityExtended as usize + 1;
+
+impl Counter {
+    fn emit(self, n: u64) {
+        use metrics::counter;
+        match self {
+            Counter::Received => counter!("pii_ingest_messages_received_total").increment(n),
+            Counter::Written => counter!("pii_ingest_rows_written_total").increment(n),
+            Counter::DuplicateInBatch => counter!("pii_ingest_duplicates_total", "layer" => "batch").increment(n),
+            Counter::DuplicateLedger => counter!("pii_ingest_duplicates_total", "layer" => "ledger").increment(n),
+            Counter::DuplicateDatabase => counter!("pii_ingest_duplicates_total", "layer" => "database").increment(n),
+            Counter::Abandoned => counter!("pii_ingest_abandoned_total").increment(n),
+            Counter::Deleted => counter!("pii_ingest_messages_deleted_total").increment(n),
+            Counter::DeleteFailed => counter!("pii_ingest_delete_failures_total").increment(n),
+            Counter::LeftForRedrive => counter!("pii_ingest_left_for_redrive_total").increment(n),
+            Counter::UnknownFields => counter!("pii_ingest_unknown_fields_total").increment(n),
+            Counter::RetryReceive => counter!("pii_ingest_retries_total", "cause" => "receive").increment(n),
+            Counter::RetryWrite => counter!("pii_ingest_retries_total", "cause" => "write").increment(n),
+            Counter::RetryDelete => counter!("pii_ingest_retries_total", "cause" => "delete").increment(n),
+            Counter::VisibilityExtended => counter!("pii_ingest_visibility_extended_total").increment(n),
+        }
+    }
+}
+
 /// Live counters. Cheap to bump from any task.
 #[derive(Default)]
 pub struct Stats {
-    pub received: AtomicU64,
-    pub written: AtomicU64,
-    pub duplicate_in_batch: AtomicU64,
-    pub duplicate_ledger: AtomicU64,
-    pub duplicate_database: AtomicU64,
-    pub abandoned: AtomicU64,
-    pub deleted: AtomicU64,
-    pub delete_failed: AtomicU64,
-    /// Rejects left undeleted for the queue's redrive policy (dead-letter mode).
-    pub left_for_redrive: AtomicU64,
-    pub unknown_fields: AtomicU64,
-    pub retries: AtomicU64,
-    /// Deliveries whose visibility was extended while their batch was slow to commit.
-    pub visibility_extended: AtomicU64,
+    counts: [AtomicU64; COUNTERS],
     quarantined: [AtomicU64; RejectReason::ALL.len()],
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Relaxed);
+    /// Adds `n` to a counter (and to its Prometheus twin).
+    pub fn add(&self, counter: Counter, n: usize) {
+        self.counts[counter as usize].fetch_add(n as u64, Relaxed);
+        counter.emit(n as u64);
     }
 
+    /// Counts one quarantined message.
     pub fn quarantined(&self, reason: RejectReason) {
         self.quarantined[reason.index()].fetch_add(1, Relaxed);
+        metrics::counter!("pii_ingest_quarantined_total", "reason" => reason.as_str()).increment(1);
+    }
+
+    fn get(&self, counter: Counter) -> u64 {
+        self.counts[counter as usize].load(Relaxed)
     }
 
     /// A consistent-enough snapshot (counters are read one by one).
     pub fn report(&self) -> Report {
-        let get = |c: &AtomicU64| c.load(Relaxed);
+        use Counter::*;
         Report {
-            received: get(&self.received),
-            written: get(&self.written),
-            duplicate_in_batch: get(&self.duplicate_in_batch),
-            duplicate_ledger: get(&self.duplicate_ledger),
-            duplicate_database: get(&self.duplicate_database),
-            abandoned: get(&self.abandoned),
-            deleted: get(&self.deleted),
-            delete_failed: get(&self.delete_failed),
-            left_for_redrive: get(&self.left_for_redrive),
-            unknown_fields: get(&self.unknown_fields),
-            retries: get(&self.retries),
-            visibility_extended: get(&self.visibility_extended),
+            received: self.get(Received),
+            written: self.get(Written),
+            duplicate_in_batch: self.get(DuplicateInBatch),
+            duplicate_ledger: self.get(DuplicateLedger),
+            duplicate_database: self.get(DuplicateDatabase),
+            abandoned: self.get(Abandoned),
+            deleted: self.get(Deleted),
+            delete_failed: self.get(DeleteFailed),
+            left_for_redrive: self.get(LeftForRedrive),
+            unknown_fields: self.get(UnknownFields),
+            retries: self.get(RetryReceive) + self.get(RetryWrite) + self.get(RetryDelete),
+            visibility_extended: self.get(VisibilityExtended),
             quarantined: RejectReason::ALL
                 .iter()
-                .map(|r| (r.as_str(), get(&self.quarantined[r.index()])))
+                .map(|r| (r.as_str(), self.quarantined[r.index()].load(Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
         }
@@ -146,12 +188,12 @@ mod tests {
     #[test]
     fn a_report_reconciles_only_when_every_delivery_is_counted() {
         let stats = Stats::default();
-        Stats::add(&stats.received, 5);
-        Stats::add(&stats.written, 2);
-        Stats::add(&stats.duplicate_ledger, 1);
+        stats.add(Counter::Received, 5);
+        stats.add(Counter::Written, 2);
+        stats.add(Counter::DuplicateLedger, 1);
         stats.quarantined(RejectReason::NotJson);
         assert!(!stats.report().reconciles());
-        Stats::add(&stats.duplicate_database, 1);
+        stats.add(Counter::DuplicateDatabase, 1);
         let report = stats.report();
         assert!(report.reconciles());
         assert_eq!(report.quarantined.get("not_json"), Some(&1));

@@ -118,7 +118,12 @@ async fn sqs_side(args: &Args, ingester: &PathBuf, work: &std::path::Path, table
     Ok(())
 }
 
-async fn postgres_side(args: &Args, ingester: &PathBuf, work: &std::path::Path, table: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn postgres_side(
+    args: &Args,
+    ingester: &PathBuf,
+    work: &std::path::Path,
+    table: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let m = args.rows;
     let file = work.join("rows.jsonl");
     let lines: Vec<String> = seed::generate(m, seed::Mix::default(), 11).into_iter().map(|o| o.body).collect();
@@ -168,7 +173,9 @@ async fn bare_copy(db_url: &str, lines: &[String]) -> anyhow::Result<f64> {
         .collect::<anyhow::Result<_>>()?;
     let (mut client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
     tokio::spawn(connection);
-    client.batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)").await?;
+    client
+        .batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)")
+        .await?;
     let started = Instant::now();
     let tx = client.transaction().await?;
     let sink = tx
@@ -209,7 +216,13 @@ async fn bare_drain(client: &Client, url: &str, n: usize, receivers: usize) -> a
         let (client, url, done) = (client.clone(), url.to_owned(), done.clone());
         tasks.push(tokio::spawn(async move {
             while done.load(Ordering::Relaxed) < n {
-                let out = client.receive_message().queue_url(&url).max_number_of_messages(10).wait_time_seconds(1).send().await?;
+                let out = client
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await?;
                 let messages = out.messages.unwrap_or_default();
                 if messages.is_empty() {
                     continue;
@@ -310,7 +323,8 @@ fn sqs_config(args: &Args, queue: &str) -> SqsConfig {
 
 async fn fresh_queue(client: &Client) -> anyhow::Result<(String, String)> {
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let url = seed::ensure_queue(client, &name, 30).await.context("is the emulator running? scripts/emulator.sh start")?;
+    let url =
+        seed::ensure_queue(client, &name, 30).await.context("is the emulator running? scripts/emulator.sh start")?;
     Ok((name, url))
 }
 
@@ -341,6 +355,7 @@ fn ingest_env(args: &Args, db_url: &str, queue: &str, work: &std::path::Path, ta
         ("PII_INGEST__LEDGER__PATH".into(), work.join(format!("ledger-{tag}")).display().to_string()),
         ("PII_INGEST__MASKING__KEY".into(), KEY.into()),
         ("PII_INGEST__LOG__FILTER".into(), "warn".into()),
+        ("PII_INGEST__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }
 

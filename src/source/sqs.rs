@@ -78,6 +78,45 @@ impl SqsSource {
     }
 }
 
+/// The queue's approximate message counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+impl Depth {
+    pub fn total(&self) -> u64 {
+        self.visible + self.in_flight + self.delayed
+    }
+}
+
+impl SqsSource {
+    /// Visible, in-flight and delayed message counts (GetQueueAttributes).
+    pub async fn depth(&self) -> Result<Depth, SourceError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
+        let attributes = output.attributes();
+        let get = |name: QueueAttributeName| {
+            attributes.and_then(|a| a.get(&name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
+}
+
 impl Source for SqsSource {
     async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
         let mut request = self
@@ -152,19 +191,7 @@ impl Source for SqsSource {
     }
 
     async fn is_drained(&self) -> Result<bool, SourceError> {
-        let output = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| sqs_error("GetQueueAttributes", e))?;
-        let total: u64 =
-            output.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
-        Ok(total == 0)
+        Ok(self.depth().await?.total() == 0)
     }
 }
 

@@ -16,39 +16,15 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::sample()).await;
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
 
-    assert_eq!(
-        (report.received, report.written, report.quarantined_total()),
-        (100, 99, 1)
-    );
+    assert_eq!((report.received, report.written, report.quarantined_total()), (100, 99, 1));
     assert_eq!(report.quarantined.get("missing_field"), Some(&1));
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM user_logins WHERE locale IS NULL")
-            .await,
-        29
-    );
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM quarantined_messages")
-            .await,
-        1
-    );
-    assert_eq!(
-        queue.depth().await,
-        0,
-        "every message is deleted after commit"
-    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE locale IS NULL").await, 29);
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 1);
+    assert_eq!(queue.depth().await, 0, "every message is deleted after commit");
     db.drop().await;
     queue.delete().await;
 }
@@ -57,16 +33,9 @@ async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
 async fn the_same_message_twice_in_one_batch_writes_one_row() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(30)).await;
-    let report = drain(
-        pipeline(
-            DoubleDelivery(queue.source().await),
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    let report =
+        drain(pipeline(DoubleDelivery(queue.source().await), &db, Arc::new(Ledger::temporary()), settings()), LIMIT)
+            .await;
 
     assert_eq!(report.received, 60);
     assert_eq!(report.written, 30);
@@ -83,22 +52,14 @@ async fn a_failed_delete_is_redelivered_after_the_visibility_timeout_and_skipped
     let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
     queue.send_bodies(support::logins(40)).await;
     let report = drain(
-        pipeline(
-            FailFirstDeletes::new(queue.source().await),
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
+        pipeline(FailFirstDeletes::new(queue.source().await), &db, Arc::new(Ledger::temporary()), settings()),
         LIMIT,
     )
     .await;
 
     assert_eq!(report.written, 40);
     assert_eq!(report.delete_failed, 40, "every first delete failed");
-    assert_eq!(
-        report.duplicate_ledger, 40,
-        "every redelivery was caught by the ledger"
-    );
+    assert_eq!(report.duplicate_ledger, 40, "every redelivery was caught by the ledger");
     assert_eq!(report.received, 80);
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 40);
@@ -113,12 +74,7 @@ async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
     queue.send_bodies(support::logins(50)).await;
 
     // First consumer commits everything but its deletes never land; it is stopped once all rows exist.
-    let first = pipeline(
-        NeverDelete(queue.source().await),
-        &db,
-        Arc::new(Ledger::temporary()),
-        settings(),
-    );
+    let first = pipeline(NeverDelete(queue.source().await), &db, Arc::new(Ledger::temporary()), settings());
     let stop = CancellationToken::new();
     let run = tokio::spawn(first.run(stop.clone()));
     support::wait_for_count(&db, "SELECT count(*) AS n FROM user_logins", 50).await;
@@ -127,16 +83,7 @@ async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
     assert_eq!(first_report.written, 50);
 
     // Its ledger is gone: the second consumer starts empty and must rely on Postgres.
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
     assert_eq!(report.written, 0);
     assert_eq!(report.duplicate_database, 50);
     assert!(report.reconciles(), "{report}");
@@ -153,12 +100,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
     queue.send_bodies(support::logins(20)).await;
     {
         let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
-        let first = pipeline(
-            NeverDelete(queue.source().await),
-            &db,
-            Arc::new(ledger),
-            settings(),
-        );
+        let first = pipeline(NeverDelete(queue.source().await), &db, Arc::new(ledger), settings());
         let stop = CancellationToken::new();
         let run = tokio::spawn(first.run(stop.clone()));
         support::wait_for_count(&db, "SELECT count(*) AS n FROM user_logins", 20).await;
@@ -166,11 +108,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
         run.await.unwrap();
     }
     let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
-    let report = drain(
-        pipeline(queue.source().await, &db, Arc::new(ledger), settings()),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(ledger), settings()), LIMIT).await;
     assert_eq!(report.duplicate_ledger, 20, "{report}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 20);
     db.drop().await;
@@ -185,39 +123,15 @@ async fn two_consumers_draining_one_queue_write_one_row_per_message() {
     queue.send(messages).await;
     // Deletes slower than the visibility timeout: the other consumer receives the same messages too.
     let slow = Duration::from_millis(1500);
-    let a = pipeline(
-        SlowDelete(queue.source().await, slow),
-        &db,
-        Arc::new(Ledger::temporary()),
-        settings(),
-    );
-    let b = pipeline(
-        SlowDelete(queue.source().await, slow),
-        &db,
-        Arc::new(Ledger::temporary()),
-        settings(),
-    );
+    let a = pipeline(SlowDelete(queue.source().await, slow), &db, Arc::new(Ledger::temporary()), settings());
+    let b = pipeline(SlowDelete(queue.source().await, slow), &db, Arc::new(Ledger::temporary()), settings());
     let (ra, rb) = tokio::join!(drain(a, LIMIT), drain(b, LIMIT));
 
     assert!(ra.reconciles() && rb.reconciles(), "{ra}\n{rb}");
-    assert_eq!(
-        ra.written + rb.written,
-        n as u64,
-        "each message written by exactly one consumer"
-    );
-    assert!(
-        ra.duplicates() + rb.duplicates() > 0,
-        "the test did provoke overlapping deliveries"
-    );
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM user_logins").await,
-        n as i64
-    );
-    assert_eq!(
-        db.count("SELECT count(DISTINCT message_id) AS n FROM user_logins")
-            .await,
-        n as i64
-    );
+    assert_eq!(ra.written + rb.written, n as u64, "each message written by exactly one consumer");
+    assert!(ra.duplicates() + rb.duplicates() > 0, "the test did provoke overlapping deliveries");
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, n as i64);
+    assert_eq!(db.count("SELECT count(DISTINCT message_id) AS n FROM user_logins").await, n as i64);
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
     queue.delete().await;
@@ -228,20 +142,8 @@ async fn identical_bodies_sent_twice_are_two_messages_and_two_rows() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let body = support::sample()[0].clone();
     queue.send_bodies([body.clone(), body]).await;
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
-    assert_eq!(
-        report.written, 2,
-        "the SQS MessageId, not the body, is the dedup key"
-    );
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    assert_eq!(report.written, 2, "the SQS MessageId, not the body, is the dedup key");
     db.drop().await;
     queue.delete().await;
 }
@@ -250,16 +152,7 @@ async fn identical_bodies_sent_twice_are_two_messages_and_two_rows() {
 async fn create_date_is_the_sent_date_so_every_delivery_lands_on_the_same_day() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(5)).await;
-    drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
     assert_eq!(
         db.count("SELECT count(*) AS n FROM user_logins WHERE create_date = (sent_at AT TIME ZONE 'UTC')::date AND sent_at <= ingested_at").await,
         5
@@ -280,9 +173,7 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
     let hold = tokio::spawn(async move {
         locker
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                diesel::sql_query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE")
-                    .execute(conn)
-                    .await?;
+                diesel::sql_query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE").execute(conn).await?;
                 let _ = locked_tx.send(());
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
@@ -291,23 +182,11 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
             .unwrap();
     });
     locked_rx.await.unwrap();
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
     hold.await.unwrap();
 
     assert_eq!(report.written, 30);
-    assert_eq!(
-        report.received, 30,
-        "no message was redelivered while its batch was waiting: {report}"
-    );
+    assert_eq!(report.received, 30, "no message was redelivered while its batch was waiting: {report}");
     assert!(report.visibility_extended >= 30, "{report:?}");
     db.drop().await;
     queue.delete().await;

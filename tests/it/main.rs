@@ -1,8 +1,10 @@
 //! Integration tests: the real Postgres and the real SQS emulator (`scripts/emulator.sh start`), one
 //! fresh database and one fresh queue per test.
 
+mod chaos;
 mod cli;
 mod exactly_once;
 mod masking;
+mod ops;
 mod quarantine;
 mod support;

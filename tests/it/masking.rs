@@ -12,16 +12,8 @@ use crate::support::{self, TEST_KEY, TestDb, TestQueue, drain, pipeline, setting
 async fn stored_tokens_equal_what_postgres_hmac_computes_with_the_key() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(10)).await;
-    drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
+    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), Duration::from_secs(60))
+        .await;
 
     db.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto").await;
     // The first sample login: ip 199.172.111.135, device_id 593-47-5928.
@@ -41,19 +33,10 @@ async fn no_raw_ip_or_device_id_is_stored_in_any_table() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let sample = support::sample();
     // A malformed message that still carries PII must be quarantined with it masked.
-    let bad =
-        r#"{"ip":"10.20.30.40","device_id":"999-88-7777","device_type":"toaster"}"#.to_owned();
+    let bad = r#"{"ip":"10.20.30.40","device_id":"999-88-7777","device_type":"toaster"}"#.to_owned();
     queue.send_bodies(sample.iter().cloned().chain([bad])).await;
-    drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
+    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), Duration::from_secs(60))
+        .await;
 
     let mut raw: Vec<String> = vec!["10.20.30.40".into(), "999-88-7777".into()];
     for line in &sample {
@@ -75,11 +58,7 @@ async fn no_raw_ip_or_device_id_is_stored_in_any_table() {
     let sql = format!(
         "SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'missing_field' AND masked_body LIKE '%{token}%'"
     );
-    assert_eq!(
-        db.count(&sql).await,
-        1,
-        "the quarantined body keeps the ip as its token"
-    );
+    assert_eq!(db.count(&sql).await, 1, "the quarantined body keeps the ip as its token");
     db.drop().await;
     queue.delete().await;
 }

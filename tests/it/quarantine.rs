@@ -21,10 +21,7 @@ fn corpus() -> Vec<(String, &'static str)> {
     vec![
         ("not json at all".into(), "not_json"),
         ("[\"199.172.111.135\"]".into(), "not_object"),
-        (
-            r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.into(),
-            "missing_field",
-        ),
+        (r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#.into(), "missing_field"),
         (with("ip", serde_json::Value::Null), "null_field"),
         (with("user_id", "".into()), "empty_field"),
         (with("app_version", serde_json::json!(2.3)), "wrong_type"),
@@ -48,26 +45,13 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_the_good_ones_are_
         }
     }
     queue.send_bodies(bodies).await;
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
 
     assert_eq!(report.written, 40);
     assert_eq!(report.quarantined_total(), bad.len() as u64);
     assert!(report.reconciles(), "{report}");
     for (_, reason) in &bad {
-        let n = db
-            .count(&format!(
-                "SELECT count(*) AS n FROM quarantined_messages WHERE reason = '{reason}'"
-            ))
-            .await;
+        let n = db.count(&format!("SELECT count(*) AS n FROM quarantined_messages WHERE reason = '{reason}'")).await;
         assert_eq!(n, 1, "reason {reason}");
     }
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'not_json' AND masked_body IS NULL AND body_bytes = 15").await, 1);
@@ -80,8 +64,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_the_good_ones_are_
 async fn a_row_postgres_refuses_is_isolated_and_quarantined_while_its_batch_commits() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     // A rule only the database knows, so validation cannot catch it before the write.
-    db.execute("ALTER TABLE user_logins ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')")
-        .await;
+    db.execute("ALTER TABLE user_logins ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')").await;
     let mut bodies: Vec<String> = support::logins(30);
     let mut poison: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
     poison["user_id"] = "poison".into();
@@ -90,16 +73,16 @@ async fn a_row_postgres_refuses_is_isolated_and_quarantined_while_its_batch_comm
     let mut s = settings();
     s.receivers = 1;
     s.flush_interval = Duration::from_millis(500); // one transaction for all 31
-    let report = drain(
-        pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), s),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), s), LIMIT).await;
 
     assert_eq!(report.written, 30);
     assert_eq!(report.quarantined.get("db_rejected"), Some(&1), "{report}");
     assert!(report.reconciles(), "{report}");
-    let detail = db.count("SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'db_rejected' AND detail LIKE '%no_poison%'").await;
+    let detail = db
+        .count(
+            "SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'db_rejected' AND detail LIKE '%no_poison%'",
+        )
+        .await;
     assert_eq!(detail, 1, "the detail names the constraint");
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
@@ -122,8 +105,7 @@ async fn dead_letter_mode_leaves_rejects_for_the_redrive_policy_and_still_record
         .attributes()
         .unwrap()[&QueueAttributeName::QueueArn]
         .clone();
-    let policy =
-        serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "2"}).to_string();
+    let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "2"}).to_string();
     queue
         .client
         .set_queue_attributes()
@@ -132,36 +114,18 @@ async fn dead_letter_mode_leaves_rejects_for_the_redrive_policy_and_still_record
         .send()
         .await
         .unwrap();
-    queue
-        .send_bodies(
-            support::logins(20)
-                .into_iter()
-                .chain(["not json".to_owned(), "[]".to_owned()]),
-        )
-        .await;
+    queue.send_bodies(support::logins(20).into_iter().chain(["not json".to_owned(), "[]".to_owned()])).await;
     let mut s = settings();
     s.delete_rejected = false;
-    let report = drain(
-        pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), s),
-        LIMIT,
-    )
-    .await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), s), LIMIT).await;
 
     assert_eq!(report.written, 20);
     assert_eq!(report.quarantined_total(), 2);
     assert!(report.left_for_redrive >= 2, "{report}");
     assert!(report.reconciles(), "{report}");
-    assert_eq!(
-        db.count("SELECT count(*) AS n FROM quarantined_messages")
-            .await,
-        2
-    );
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 2);
     assert_eq!(queue.depth().await, 0);
-    assert_eq!(
-        dlq.depth().await,
-        2,
-        "both rejects reached the dead-letter queue"
-    );
+    assert_eq!(dlq.depth().await, 2, "both rejects reached the dead-letter queue");
     db.drop().await;
     queue.delete().await;
     dlq.delete().await;
@@ -178,32 +142,17 @@ async fn bodies_near_the_sqs_size_limit_are_handled() {
         v["user_id"] = "Zoë \"O'Brien\"; DROP TABLE user_logins; -- 🙂".into();
         v
     };
-    queue
-        .send_bodies([big_login.to_string(), big_garbage, unicode.to_string()])
-        .await;
-    let report = drain(
-        pipeline(
-            queue.source().await,
-            &db,
-            Arc::new(Ledger::temporary()),
-            settings(),
-        ),
-        LIMIT,
-    )
-    .await;
+    queue.send_bodies([big_login.to_string(), big_garbage, unicode.to_string()]).await;
+    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
 
     assert_eq!(report.written, 2, "{report}");
-    assert_eq!(
-        report.unknown_fields, 1,
-        "the padding field was counted and dropped"
-    );
+    assert_eq!(report.unknown_fields, 1, "the padding field was counted and dropped");
     assert_eq!(report.quarantined.get("not_json"), Some(&1));
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE user_id LIKE 'Zoë \"O''Brien\"; DROP TABLE%🙂'").await, 1);
     assert_eq!(
-        db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 250 * 1024")
-            .await,
+        db.count("SELECT count(*) AS n FROM user_logins WHERE user_id LIKE 'Zoë \"O''Brien\"; DROP TABLE%🙂'").await,
         1
     );
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 250 * 1024").await, 1);
     db.drop().await;
     queue.delete().await;
 }

@@ -38,10 +38,7 @@ pub struct FailFirstDeletes {
 
 impl FailFirstDeletes {
     pub fn new(inner: SqsSource) -> Self {
-        FailFirstDeletes {
-            inner,
-            first: Mutex::default(),
-        }
+        FailFirstDeletes { inner, first: Mutex::default() }
     }
     fn inner(&self) -> &SqsSource {
         &self.inner
@@ -52,12 +49,7 @@ impl Source for FailFirstDeletes {
     async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
         let batch = self.inner().receive().await?;
         let mut first = self.first.lock().unwrap();
-        first.extend(
-            batch
-                .iter()
-                .filter(|d| d.receive_count == 1)
-                .map(|d| d.receipt_handle.clone()),
-        );
+        first.extend(batch.iter().filter(|d| d.receive_count == 1).map(|d| d.receipt_handle.clone()));
         Ok(batch)
     }
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
@@ -65,11 +57,7 @@ impl Source for FailFirstDeletes {
             let first = self.first.lock().unwrap();
             handles.iter().cloned().partition(|h| first.contains(h))
         };
-        let mut outcome = if pass.is_empty() {
-            Deleted::default()
-        } else {
-            self.inner().delete(&pass).await?
-        };
+        let mut outcome = if pass.is_empty() { Deleted::default() } else { self.inner().delete(&pass).await? };
         outcome.failed.extend(fail);
         Ok(outcome)
     }
@@ -92,10 +80,7 @@ impl Source for NeverDelete {
         self.0.receive().await
     }
     async fn delete(&self, handles: &[String]) -> Result<Deleted, SourceError> {
-        Ok(Deleted {
-            ok: 0,
-            failed: handles.to_vec(),
-        })
+        Ok(Deleted { ok: 0, failed: handles.to_vec() })
     }
     async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
         self.0.extend(handles, seconds).await

@@ -26,8 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_KEY: &str = "integration-test-key-0123456789abcdef";
 
 pub fn server_url() -> String {
-    std::env::var("PII_INGEST_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("PII_INGEST_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 pub fn sqs_endpoint() -> String {
@@ -54,16 +53,12 @@ impl TestDb {
                 server_url()
             );
         }
-        db::migrate(&url, true)
-            .await
-            .expect("migrations apply to a fresh database");
+        db::migrate(&url, true).await.expect("migrations apply to a fresh database");
         TestDb { url }
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url)
-            .await
-            .expect("test database accepts connections")
+        AsyncPgConnection::establish(&self.url).await.expect("test database accepts connections")
     }
 
     /// The sink named by `PII_INGEST_TEST_SINK` (`copy`, the default, or `insert`), so the whole
@@ -90,18 +85,12 @@ impl TestDb {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let rows: Vec<N> = diesel::sql_query(sql)
-            .load(&mut self.conn().await)
-            .await
-            .unwrap();
+        let rows: Vec<N> = diesel::sql_query(sql).load(&mut self.conn().await).await.unwrap();
         rows[0].n
     }
 
     pub async fn execute(&self, sql: &str) {
-        diesel::sql_query(sql)
-            .execute(&mut self.conn().await)
-            .await
-            .unwrap();
+        diesel::sql_query(sql).execute(&mut self.conn().await).await.unwrap();
     }
 
     pub async fn drop(self) {
@@ -122,46 +111,26 @@ impl TestQueue {
         let config = sqs_config("unused");
         let client = source::sqs::client(&config).await;
         let name = format!("it-{}", uuid::Uuid::new_v4().simple());
-        let url = match tokio::time::timeout(
-            Duration::from_secs(10),
-            seed::ensure_queue(&client, &name, visibility_secs),
-        )
-        .await
-        {
-            Ok(Ok(url)) => url,
-            outcome => panic!(
-                "the SQS emulator is not reachable at {} ({outcome:?}): start it with \
+        let url =
+            match tokio::time::timeout(Duration::from_secs(10), seed::ensure_queue(&client, &name, visibility_secs))
+                .await
+            {
+                Ok(Ok(url)) => url,
+                outcome => panic!(
+                    "the SQS emulator is not reachable at {} ({outcome:?}): start it with \
                  `scripts/emulator.sh start`, or set PII_INGEST_TEST_SQS",
-                sqs_endpoint()
-            ),
-        };
+                    sqs_endpoint()
+                ),
+            };
         TestQueue { client, name, url }
     }
 
     pub async fn send(&self, messages: Vec<Outgoing>) {
-        seed::send(
-            &self.client,
-            &self.url,
-            Some("idempotency-key"),
-            messages,
-            8,
-            |_| {},
-        )
-        .await
-        .unwrap();
+        seed::send(&self.client, &self.url, Some("idempotency-key"), messages, 8, |_| {}).await.unwrap();
     }
 
     pub async fn send_bodies<S: Into<String>>(&self, bodies: impl IntoIterator<Item = S>) {
-        self.send(
-            bodies
-                .into_iter()
-                .map(|b| Outgoing {
-                    body: b.into(),
-                    key: None,
-                })
-                .collect(),
-        )
-        .await;
+        self.send(bodies.into_iter().map(|b| Outgoing { body: b.into(), key: None }).collect()).await;
     }
 
     /// Visible + in flight + delayed.
@@ -181,12 +150,7 @@ impl TestQueue {
             QueueAttributeName::ApproximateNumberOfMessagesDelayed,
         ]
         .iter()
-        .map(|k| {
-            attributes
-                .get(k)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
+        .map(|k| attributes.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
         .sum()
     }
 
@@ -224,12 +188,7 @@ pub fn settings() -> Settings {
     }
 }
 
-pub fn pipeline<S: Source>(
-    source: S,
-    db: &TestDb,
-    ledger: Arc<Ledger>,
-    settings: Settings,
-) -> Pipeline<S> {
+pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings: Settings) -> Pipeline<S> {
     Pipeline {
         source: Arc::new(source),
         sink: db.sink(),
@@ -243,28 +202,18 @@ pub fn pipeline<S: Source>(
 
 /// Runs a pipeline until the queue is empty, failing the test if it takes longer than `limit`.
 pub async fn drain<S: Source>(pipeline: Pipeline<S>, limit: Duration) -> Report {
-    tokio::time::timeout(limit, pipeline.run(CancellationToken::new()))
-        .await
-        .expect("the drain finished in time")
+    tokio::time::timeout(limit, pipeline.run(CancellationToken::new())).await.expect("the drain finished in time")
 }
 
 /// The sample queue content shipped with the repo (99 logins, one malformed message).
 pub fn sample() -> Vec<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
 }
 
 /// The first `n` valid logins of the sample.
 pub fn logins(n: usize) -> Vec<String> {
-    sample()
-        .into_iter()
-        .filter(|l| l.contains("user_id"))
-        .take(n)
-        .collect()
+    sample().into_iter().filter(|l| l.contains("user_id")).take(n).collect()
 }
 
 /// Polls `sql` (a count) until it reaches `want`, failing the test after 30 s.
@@ -275,20 +224,13 @@ pub async fn wait_for_count(db: &TestDb, sql: &str, want: i64) {
         if n >= want {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql} stayed at {n}, expected {want}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{sql} stayed at {n}, expected {want}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A config for the binary, pointing at this test's database and queue.
-pub fn binary_env(
-    db: &TestDb,
-    queue: &TestQueue,
-    ledger_dir: &std::path::Path,
-) -> Vec<(String, String)> {
+pub fn binary_env(db: &TestDb, queue: &TestQueue, ledger_dir: &std::path::Path) -> Vec<(String, String)> {
     vec![
         ("PII_INGEST__POSTGRES__URL".into(), db.url.clone()),
         ("PII_INGEST__SQS__ENDPOINT_URL".into(), sqs_endpoint()),
@@ -296,11 +238,11 @@ pub fn binary_env(
         ("PII_INGEST__SQS__SECRET_ACCESS_KEY".into(), "test".into()),
         ("PII_INGEST__SQS__QUEUE_NAME".into(), queue.name.clone()),
         ("PII_INGEST__SQS__WAIT_TIME_SECONDS".into(), "1".into()),
-        (
-            "PII_INGEST__LEDGER__PATH".into(),
-            ledger_dir.join("ledger").display().to_string(),
-        ),
+        ("PII_INGEST__LEDGER__PATH".into(), ledger_dir.join("ledger").display().to_string()),
         ("PII_INGEST__MASKING__KEY".into(), TEST_KEY.into()),
+        ("PII_INGEST__MASKING__KEY_ID".into(), "test-key".into()),
         ("PII_INGEST__LOG__FILTER".into(), "warn".into()),
+        // Tests run in parallel: each process serves its metrics on a port of its own.
+        ("PII_INGEST__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
     ]
 }

@@ -1,0 +1,100 @@
+//! Operability: the metrics endpoint scraped while `run` works, health and readiness, `stats`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{TestDb, TestQueue, binary_env};
+
+/// A plain HTTP/1.0 GET (no client crate needed): (status code, body).
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served_while_running() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = binary_env(&db, &queue, dir.path());
+    env.retain(|(k, _)| !k.ends_with("METRICS__LISTEN"));
+    env.push(("PII_INGEST__METRICS__LISTEN".into(), addr.clone()));
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let seeded = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/config.toml", "seed", "--file", sample])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(seeded.status.success());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/config.toml", "run"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Some((200, body)) = get(&addr, "/metrics")
+            && body.contains("pii_ingest_rows_written_total 99")
+            && body.contains("pii_ingest_queue_messages")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed 99 rows written");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains(r#"pii_ingest_quarantined_total{reason="missing_field"} 1"#), "{metrics}");
+    assert!(metrics.contains("pii_ingest_messages_deleted_total 100"), "{metrics}");
+    assert!(metrics.contains("pii_ingest_commit_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("pii_ingest_ledger_entries"), "{metrics}");
+    assert_eq!(get(&addr, "/healthz").map(|r| r.0), Some(200));
+    let (status, body) = get(&addr, "/readyz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0");
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn stats_reports_rows_quarantine_and_ledger() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = binary_env(&db, &queue, dir.path());
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+            .args(["--config", "/nonexistent/config.toml"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["replay", "--file", sample]);
+    let stats: serde_json::Value = serde_json::from_str(&run(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["rows"], 99);
+    assert_eq!(stats["quarantined"]["missing_field"], 1);
+    assert_eq!(stats["ledger_entries"], 100);
+    assert_eq!(stats["mask_key_ids"], serde_json::json!(["test-key"]));
+    assert!(stats["first_date"].is_string());
+    assert!(run(&["stats"]).contains("rows                          99"));
+    db.drop().await;
+    queue.delete().await;
+}
