@@ -24,7 +24,7 @@ const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Installs the global Prometheus recorder. Histogram buckets: batch sizes in rows, commit latency
 /// in seconds.
 pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("pii_ingest_batch_rows".into()),
             &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
@@ -33,7 +33,9 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
             Matcher::Full("pii_ingest_commit_seconds".into()),
             &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
         )?
-        .install_recorder()
+        .install_recorder()?;
+    crate::stats::register_metrics();
+    Ok(handle)
 }
 
 #[derive(Clone)]

@@ -35,6 +35,37 @@ pub enum Counter {
 const COUNTERS: usize = Counter::VisibilityExtended as usize + 1;
 
 impl Counter {
+    /// Every counter, in declaration order.
+    pub const ALL: [Counter; COUNTERS] = [
+        Counter::Received,
+        Counter::Written,
+        Counter::DuplicateInBatch,
+        Counter::DuplicateLedger,
+        Counter::DuplicateDatabase,
+        Counter::Abandoned,
+        Counter::Deleted,
+        Counter::DeleteFailed,
+        Counter::LeftForRedrive,
+        Counter::UnknownFields,
+        Counter::RetryReceive,
+        Counter::RetryWrite,
+        Counter::RetryDelete,
+        Counter::VisibilityExtended,
+    ];
+}
+
+/// Registers every counter series at zero, so dashboards and `rate()` see them before the first
+/// event (a retry counter that appears only on the first outage is hard to alert on).
+pub fn register_metrics() {
+    for counter in Counter::ALL {
+        counter.emit(0);
+    }
+    for reason in RejectReason::ALL {
+        metrics::counter!("pii_ingest_quarantined_total", "reason" => reason.as_str()).increment(0);
+    }
+}
+
+impl Counter {
     fn emit(self, n: u64) {
         use metrics::counter;
         match self {
