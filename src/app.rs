@@ -9,6 +9,7 @@ use crate::db::{self, DbError};
 use crate::event::Rules;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pipeline::{Pipeline, Settings};
+use crate::seal::Sealer;
 use crate::sink::{CopySink, PgSink, Sink, WriteMethod};
 use crate::source::{Source, SourceError, SqsSource};
 use crate::stats::Stats;
@@ -23,6 +24,8 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("sealing.public_key_file: {0}")]
+    Seal(#[from] crate::seal::SealError),
 }
 
 /// A pipeline over the configured queue, database and ledger, ready to `run`.
@@ -41,8 +44,9 @@ pub async fn pipeline_over<S: Source>(
     settings: Settings,
 ) -> Result<Pipeline<S>, StartError> {
     let masker = config.masker()?;
+    let sealer = config.sealing.public_key_file.as_deref().map(Sealer::from_file).transpose()?;
     let url = config.postgres.url.expose();
-    db::migrate(url, false).await?;
+    db::check_migrated(url).await?;
     let sink = match config.postgres.write_method {
         WriteMethod::Insert => Sink::Insert(PgSink::new(db::pool(url, config.postgres.pool_size)?)),
         WriteMethod::Copy => Sink::Copy(CopySink::new(url)),
@@ -54,6 +58,7 @@ pub async fn pipeline_over<S: Source>(
         ledger.entries = ledger.len(),
         receivers = settings.receivers,
         write_method = ?config.postgres.write_method,
+        seal_key_id = sealer.as_ref().map(|s| s.key_id()),
         "pipeline ready"
     );
     Ok(Pipeline {
@@ -61,6 +66,7 @@ pub async fn pipeline_over<S: Source>(
         sink,
         ledger: Arc::new(ledger),
         masker,
+        sealer,
         rules: Rules { device_types: config.validation.device_types.clone() },
         settings,
         stats: Arc::new(Stats::default()),

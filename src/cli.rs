@@ -78,6 +78,55 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write an X25519 key pair for sealing PII: DIR/seal.pub (give it to the ingester as
+    /// sealing.public_key_file) and DIR/seal.key (mode 0600; only for people allowed to reveal).
+    Keygen {
+        #[arg(long, value_name = "DIR", default_value = "var/keys")]
+        out: PathBuf,
+    },
+    /// Print the raw ip and device_id of selected rows; every reveal is audited (reveal_audit).
+    Reveal {
+        /// The private key file from `keygen`.
+        #[arg(long, value_name = "FILE")]
+        private_key_file: PathBuf,
+        /// Why these values are needed (stored in the audit record).
+        #[arg(long)]
+        reason: String,
+        /// Who is asking (default: $USER).
+        #[arg(long)]
+        who: Option<String>,
+        #[arg(long, group = "selector", required = true)]
+        message_id: Option<String>,
+        #[arg(long, group = "selector")]
+        user_id: Option<String>,
+        /// A masked_ip token.
+        #[arg(long, group = "selector")]
+        masked_ip: Option<String>,
+        /// A masked_device_id token.
+        #[arg(long, group = "selector")]
+        masked_device_id: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move rows to the current keys in resumable batches: re-seal to sealing.public_key_file, and
+    /// with --tokens re-derive masked_ip/masked_device_id under the current masking key.
+    Rekey {
+        /// Private key(s) of the keys rows are sealed to now (repeatable).
+        #[arg(long, value_name = "FILE", required = true)]
+        private_key_file: Vec<PathBuf>,
+        /// Also re-derive HMAC tokens under the configured masking key.
+        #[arg(long)]
+        tokens: bool,
+        /// Do not re-seal (only with --tokens).
+        #[arg(long, requires = "tokens")]
+        no_reseal: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
     /// Print the effective configuration, secrets redacted.
     CheckConfig,
 }

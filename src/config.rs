@@ -25,6 +25,15 @@ pub struct Config {
     pub validation: ValidationConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub sealing: SealingConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SealingConfig {
+    /// Public key file from `pii-ingest keygen`. When set, raw ip and device_id are also stored
+    /// sealed to it (recoverable only with the private key, which the ingester never holds).
+    pub public_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

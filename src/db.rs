@@ -49,25 +49,39 @@ pub fn pool(url: &str, size: usize) -> Result<PgPool, DbError> {
     Pool::builder(manager).max_size(size).build().map_err(DbError::Pool)
 }
 
-/// Applies pending migrations (when `apply`), or fails with [`DbError::Pending`] if any are pending.
-/// Returns the versions applied.
-pub async fn migrate(url: &str, apply: bool) -> Result<Vec<String>, DbError> {
+/// Applies pending migrations; returns the versions applied.
+pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     let url = url.to_owned();
     let shown = crate::config::redact_url_password(&url);
     // The migration harness is synchronous; it runs over the async connection on a blocking thread.
     tokio::task::spawn_blocking(move || {
         let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
             .map_err(|source| DbError::Connect { url: shown, source })?;
-        if apply {
-            let done = conn.run_pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
-            Ok(done.iter().map(|v| v.to_string()).collect())
-        } else {
-            let pending = conn.pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
-            if pending.is_empty() { Ok(Vec::new()) } else { Err(DbError::Pending(pending.len())) }
-        }
+        let done = conn.run_pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
+        Ok(done.iter().map(|v| v.to_string()).collect())
     })
     .await
     .expect("the migration task does not panic")
+}
+
+/// Fails with [`DbError::Pending`] unless every embedded migration is applied. Reads the migration
+/// table only (the harness would try to create it, which the ingester's role may not do).
+pub async fn check_migrated(url: &str) -> Result<(), DbError> {
+    use diesel::migration::MigrationSource;
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map_err(DbError::Migrate)?;
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
+    let applied: Vec<Applied> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn).await.unwrap_or_default(); // no migration table yet: nothing is applied
+    let pending =
+        embedded.iter().filter(|m| !applied.iter().any(|a| a.version == m.name().version().to_string())).count();
+    if pending == 0 { Ok(()) } else { Err(DbError::Pending(pending)) }
 }
 
 /// The id of the database (from `ingest_meta`), which the ledger is bound to.

@@ -14,6 +14,8 @@
 //! | [`config`] | figment layering (defaults < file < env < flags) and validation | files, env |
 //! | [`event`] | the login event: parse, validate, reason codes for rejects | nothing (pure) |
 //! | [`mask`] | keyed HMAC-SHA256 tokens, masked bodies for quarantine | nothing (pure) |
+//! | [`reveal`] | audited reveal of sealed PII; rekey and token re-derivation | Postgres |
+//! | [`seal`] | X25519 sealed boxes: seal with the public key, open with the private | key files |
 //! | [`ledger`] | sled skip-cache of committed message ids | its sled directory |
 //! | [`source`] | receive / delete / drained? behind the [`source::Source`] trait; SQS impl | SQS |
 //! | [`sink`] | one Postgres transaction per batch, `ON CONFLICT (message_id) DO NOTHING` | Postgres |
@@ -40,7 +42,9 @@ pub mod mask;
 pub mod ops;
 pub mod pipeline;
 pub mod progress;
+pub mod reveal;
 pub mod schema;
+pub mod seal;
 pub mod seed;
 pub mod sink;
 pub mod source;

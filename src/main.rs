@@ -50,6 +50,72 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             seed_queue(&config, messages, concurrency).await
         }
         Command::Replay { file, sent_at, json } => replay(config, &file, sent_at, json).await,
+        Command::Keygen { out } => {
+            let key_id = pii_ingest::seal::keygen(&out)?;
+            println!("wrote {0}/seal.pub and {0}/seal.key (mode 0600), key id {key_id}", out.display());
+            println!("give the ingester only seal.pub: sealing.public_key_file = \"{}/seal.pub\"", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reveal {
+            private_key_file,
+            reason,
+            who,
+            message_id,
+            user_id,
+            masked_ip,
+            masked_device_id,
+            limit,
+            json,
+        } => {
+            use pii_ingest::reveal::Selector;
+            let selector = match (message_id, user_id, masked_ip, masked_device_id) {
+                (Some(v), ..) => Selector::MessageId(v),
+                (_, Some(v), ..) => Selector::UserId(v),
+                (_, _, Some(v), _) => Selector::MaskedIp(v),
+                (.., Some(v)) => Selector::MaskedDeviceId(v),
+                _ => unreachable!("clap requires one selector"),
+            };
+            let opener = pii_ingest::seal::Opener::from_file(&private_key_file)?;
+            let who = who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+            let rows =
+                pii_ingest::reveal::reveal(config.postgres.url.expose(), &opener, &selector, &who, &reason, limit)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<40} {:<38} {:<40} device_id", "message_id", "user_id", "ip");
+                for r in &rows {
+                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not sealed)".into());
+                    println!("{:<40} {:<38} {:<40} {}", r.message_id, r.user_id, show(&r.ip), show(&r.device_id));
+                }
+                eprintln!("{} row(s) revealed; recorded in reveal_audit ({who}: {reason})", rows.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rekey { private_key_file, tokens, no_reseal, batch } => {
+            let openers = private_key_file
+                .iter()
+                .map(|path| pii_ingest::seal::Opener::from_file(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sealer = match (no_reseal, &config.sealing.public_key_file) {
+                (true, _) => None,
+                (false, Some(path)) => Some(pii_ingest::seal::Sealer::from_file(path)?),
+                (false, None) => {
+                    anyhow::bail!("re-sealing needs sealing.public_key_file (or pass --tokens --no-reseal)")
+                }
+            };
+            let masker = if tokens { Some(config.masker()?) } else { None };
+            let done = pii_ingest::reveal::rekey(
+                config.postgres.url.expose(),
+                &openers,
+                sealer.as_ref(),
+                masker.as_ref(),
+                batch.max(1),
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { json } => {
             let mut summary = summary::read(config.postgres.url.expose()).await?;
             if config.ledger.path.exists() {
@@ -165,7 +231,7 @@ async fn migrate(config: &Config, create: bool) -> anyhow::Result<ExitCode> {
     if create && db::create_database_if_missing(url).await? {
         println!("created database {}", pii_ingest::config::redact_url_password(url));
     }
-    let applied = db::migrate(url, true).await.context("failed to apply migrations")?;
+    let applied = db::migrate(url).await.context("failed to apply migrations")?;
     if applied.is_empty() {
         println!("migrations: up to date");
     } else {

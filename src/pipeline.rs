@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::event::{self, Reject, RejectReason, Rules};
 use crate::ledger::Ledger;
 use crate::mask::Masker;
+use crate::seal::Sealer;
 use crate::sink::{Disposition, NewLogin, NewQuarantined, Sink, Written};
 use crate::source::{Delivery, Source};
 use crate::stats::{Counter, Report, Stats};
@@ -60,6 +61,8 @@ pub struct Pipeline<S> {
     pub sink: Sink,
     pub ledger: Arc<Ledger>,
     pub masker: Masker,
+    /// Seals raw PII to a public key alongside the tokens, when configured.
+    pub sealer: Option<Sealer>,
     pub rules: Rules,
     pub settings: Settings,
     pub stats: Arc<Stats>,
@@ -274,6 +277,9 @@ impl<S: Source> Pipeline<S> {
                     create_date: delivery.sent_at.date_naive(),
                     sent_at: delivery.sent_at,
                     mask_key_id: self.masker.key_id().to_owned(),
+                    ip_sealed: self.sealer.as_ref().map(|s| s.seal(&login.ip)),
+                    device_id_sealed: self.sealer.as_ref().map(|s| s.seal(&login.device_id)),
+                    seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
                 })
             }
             Err(reject) => self.quarantine(delivery, reject),

@@ -31,6 +31,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    reveal_audit (id) {
+        id -> Int8,
+        revealed_at -> Timestamptz,
+        who -> Text,
+        reason -> Text,
+        selector -> Text,
+        message_ids -> Array<Nullable<Text>>,
+    }
+}
+
+diesel::table! {
     user_logins (id) {
         id -> Int8,
         #[max_length = 128]
@@ -52,7 +63,11 @@ diesel::table! {
         ingested_at -> Timestamptz,
         #[max_length = 64]
         mask_key_id -> Varchar,
+        ip_sealed -> Nullable<Bytea>,
+        device_id_sealed -> Nullable<Bytea>,
+        #[max_length = 64]
+        seal_key_id -> Nullable<Varchar>,
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(ingest_meta, quarantined_messages, user_logins,);
+diesel::allow_tables_to_appear_in_same_query!(ingest_meta, quarantined_messages, reveal_audit, user_logins,);

@@ -339,7 +339,7 @@ async fn fresh_database(server: &str, name: &str) -> anyhow::Result<String> {
     let url = format!("{server}/{name}");
     db::drop_database(&url).await?;
     db::create_database_if_missing(&url).await?;
-    db::migrate(&url, true).await?;
+    db::migrate(&url).await?;
     Ok(url)
 }
 

@@ -22,12 +22,14 @@ use super::postgres::{NewLogin, NewQuarantined, SinkError, Written};
 /// the real column types and reports a data error there.
 const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS pii_ingest_staging (
     message_id text, user_id text, device_type text, masked_ip text, masked_device_id text,
-    locale text, app_version text, create_date date, sent_at timestamptz, mask_key_id text
+    locale text, app_version text, create_date date, sent_at timestamptz, mask_key_id text,
+    ip_sealed bytea, device_id_sealed bytea, seal_key_id text
 ) ON COMMIT DELETE ROWS";
 
-const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date, sent_at, mask_key_id";
+const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
+     create_date, sent_at, mask_key_id, ip_sealed, device_id_sealed, seal_key_id";
 
-const STAGING_TYPES: [Type; 10] = [
+const STAGING_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -37,6 +39,9 @@ const STAGING_TYPES: [Type; 10] = [
     Type::TEXT,
     Type::DATE,
     Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::BYTEA,
     Type::TEXT,
 ];
 
@@ -107,7 +112,7 @@ async fn write_batch(
         let sink = tx.copy_in(&format!("COPY pii_ingest_staging ({LOGIN_COLUMNS}) FROM STDIN BINARY")).await?;
         let mut writer = pin!(BinaryCopyInWriter::new(sink, &STAGING_TYPES));
         for row in logins {
-            let values: [&(dyn ToSql + Sync); 10] = [
+            let values: [&(dyn ToSql + Sync); 13] = [
                 &row.message_id,
                 &row.user_id,
                 &row.device_type,
@@ -118,6 +123,9 @@ async fn write_batch(
                 &row.create_date,
                 &row.sent_at,
                 &row.mask_key_id,
+                &row.ip_sealed,
+                &row.device_id_sealed,
+                &row.seal_key_id,
             ];
             writer.as_mut().write(&values).await?;
         }

@@ -17,7 +17,7 @@ use crate::schema::{quarantined_messages, user_logins};
 
 /// Postgres takes at most 65,535 bind parameters per statement; rows per INSERT stay under it.
 const MAX_BIND_PARAMS: usize = 65_535;
-const LOGIN_COLUMNS: usize = 10;
+const LOGIN_COLUMNS: usize = 13;
 const QUARANTINE_COLUMNS: usize = 10;
 
 /// A `user_logins` row, PII already masked.
@@ -35,6 +35,10 @@ pub struct NewLogin {
     pub create_date: NaiveDate,
     pub sent_at: DateTime<Utc>,
     pub mask_key_id: String,
+    /// The raw values sealed to the configured public key, when sealing is on.
+    pub ip_sealed: Option<Vec<u8>>,
+    pub device_id_sealed: Option<Vec<u8>>,
+    pub seal_key_id: Option<String>,
 }
 
 /// A `quarantined_messages` row: why a message was refused, with its body's PII masked.
@@ -137,11 +141,27 @@ impl SinkError {
     }
 }
 
-/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation) are the rows' fault;
-/// everything else (connection loss, 40001 serialization failure, 57P01 admin shutdown) is retried.
+/// SQLSTATEs that mean a row's own value was refused. Anything else, including other class-22 codes
+/// such as 22P04 (a malformed COPY stream: our bug, not the row's), is retried rather than blamed on
+/// rows, so a systematic failure can never quarantine good messages.
+const ROW_DATA_ERRORS: [&str; 12] = [
+    "22001", // string_data_right_truncation
+    "22003", // numeric_value_out_of_range
+    "22007", // invalid_datetime_format
+    "22008", // datetime_field_overflow
+    "22021", // character_not_in_repertoire
+    "22P02", // invalid_text_representation
+    "22P05", // untranslatable_character
+    "23502", // not_null_violation
+    "23503", // foreign_key_violation
+    "23505", // unique_violation (a constraint other than the dedup key)
+    "23514", // check_violation
+    "23P01", // exclusion_violation
+];
+
 fn copy_disposition(error: &tokio_postgres::Error) -> Disposition {
     match error.code().map(|c| c.code()) {
-        Some(code) if code.starts_with("22") || code.starts_with("23") => Disposition::DataError,
+        Some(code) if ROW_DATA_ERRORS.contains(&code) => Disposition::DataError,
         _ => Disposition::Retry,
     }
 }

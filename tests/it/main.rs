@@ -3,8 +3,10 @@
 
 mod chaos;
 mod cli;
+mod deploy;
 mod exactly_once;
 mod masking;
 mod ops;
 mod quarantine;
+mod sealing;
 mod support;

@@ -53,7 +53,7 @@ impl TestDb {
                 server_url()
             );
         }
-        db::migrate(&url, true).await.expect("migrations apply to a fresh database");
+        db::migrate(&url).await.expect("migrations apply to a fresh database");
         TestDb { url }
     }
 
@@ -194,6 +194,7 @@ pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings
         sink: db.sink(),
         ledger,
         masker: masker(),
+        sealer: None,
         rules: Rules::default(),
         settings,
         stats: Arc::new(Stats::default()),

@@ -1,0 +1,223 @@
+//! Reversible protection: values sealed to a public key, revealed only with the private key and
+//! always audited; key rotation; the database roles that keep analysts and the ingester away from
+//! ciphertext. All against the real Postgres, through the binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::{TestDb, TestQueue, binary_env, server_url};
+
+const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+/// The first sample login.
+const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
+const IP: &str = "199.172.111.135";
+const DEVICE: &str = "593-47-5928";
+
+fn pii_ingest(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/config.toml"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn keygen(dir: &Path) -> (String, String) {
+    ok(pii_ingest(&[], &["keygen", "--out", dir.to_str().unwrap()]));
+    (dir.join("seal.pub").display().to_string(), dir.join("seal.key").display().to_string())
+}
+
+fn with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
+    let mut env: Vec<_> = env.iter().filter(|(k, _)| k != key).cloned().collect();
+    env.push((key.into(), value.into()));
+    env
+}
+
+#[tokio::test]
+async fn sealed_values_are_revealed_with_the_private_key_and_every_reveal_is_audited() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private) = keygen(&dir.path().join("keys"));
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
+    ok(pii_ingest(&env, &["replay", "--file", SAMPLE]));
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM user_logins WHERE ip_sealed IS NOT NULL AND seal_key_id LIKE 'x25519-%'")
+            .await,
+        99
+    );
+
+    let by_user = ok(pii_ingest(
+        &env,
+        &[
+            "reveal",
+            "--private-key-file",
+            &private,
+            "--reason",
+            "ticket 42",
+            "--who",
+            "alice",
+            "--user-id",
+            USER,
+            "--json",
+        ],
+    ));
+    let rows: serde_json::Value = serde_json::from_str(&by_user).unwrap();
+    assert_eq!((rows[0]["ip"].as_str(), rows[0]["device_id"].as_str()), (Some(IP), Some(DEVICE)));
+
+    let token = crate::support::masker().token(IP);
+    let by_token = ok(pii_ingest(
+        &env,
+        &["reveal", "--private-key-file", &private, "--reason", "fraud check", "--masked-ip", &token],
+    ));
+    assert!(by_token.contains(IP) && by_token.contains(DEVICE), "{by_token}");
+
+    assert_eq!(db.count(&format!("SELECT count(*) AS n FROM reveal_audit WHERE who = 'alice' AND reason = 'ticket 42' AND selector = 'user_id={USER}' AND cardinality(message_ids) = 1")).await, 1);
+    assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 2);
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn the_wrong_private_key_fails_clearly_reveals_nothing_and_leaks_no_key_material() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (public, _) = keygen(&dir.path().join("a"));
+    let (_, other_private) = keygen(&dir.path().join("b"));
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
+    ok(pii_ingest(&env, &["replay", "--file", SAMPLE]));
+
+    let trace = with(&env, "RUST_LOG", "trace");
+    let output =
+        pii_ingest(&trace, &["reveal", "--private-key-file", &other_private, "--reason", "r", "--user-id", USER]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not match the key these values were sealed to"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains(IP) && !stderr.contains(IP));
+    assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 0, "a failed reveal revealed nothing");
+
+    let secret = std::fs::read_to_string(&other_private).unwrap();
+    let config = ok(pii_ingest(
+        &with(&env, "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &other_private.replace("seal.key", "seal.pub")),
+        &["check-config"],
+    ));
+    for text in [stdout.as_ref(), stderr.as_ref(), config.as_str()] {
+        assert!(!text.contains(secret.trim()), "private key material was printed");
+    }
+    let blank = pii_ingest(&env, &["reveal", "--private-key-file", &other_private, "--reason", " ", "--user-id", USER]);
+    assert!(String::from_utf8_lossy(&blank.stderr).contains("a reason is required"));
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn rotating_both_keys_keeps_every_row_readable_and_findable() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (old_public, old_private) = keygen(&dir.path().join("old"));
+    let (new_public, new_private) = keygen(&dir.path().join("new"));
+    let base = binary_env(&db, &queue, dir.path());
+    let old = with(&base, "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &old_public);
+    let half: String = std::fs::read_to_string(SAMPLE).unwrap().lines().take(50).map(|l| format!("{l}\n")).collect();
+    let first_half = dir.path().join("half.jsonl");
+    std::fs::write(&first_half, half).unwrap();
+    ok(pii_ingest(&old, &["replay", "--file", first_half.to_str().unwrap()]));
+
+    // New rows use the new keys (no downtime: only config changes); old rows stay readable.
+    let new_hmac = "a-brand-new-masking-key-for-the-rotation-test";
+    let new =
+        with(&with(&base, "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &new_public), "PII_INGEST__MASKING__KEY", new_hmac);
+    let new = with(&new, "PII_INGEST__MASKING__KEY_ID", "hmac-2");
+    let rest: String = std::fs::read_to_string(SAMPLE).unwrap().lines().skip(50).map(|l| format!("{l}\n")).collect();
+    let second_half = dir.path().join("rest.jsonl");
+    std::fs::write(&second_half, rest).unwrap();
+    ok(pii_ingest(&new, &["replay", "--file", second_half.to_str().unwrap()]));
+    assert_eq!(db.count("SELECT count(DISTINCT seal_key_id) AS n FROM user_logins").await, 2);
+
+    let done: serde_json::Value = serde_json::from_str(&ok(pii_ingest(
+        &new,
+        &["rekey", "--private-key-file", &old_private, "--private-key-file", &new_private, "--tokens", "--batch", "7"],
+    )))
+    .unwrap();
+    assert_eq!(done["resealed"], 49, "{done}");
+    assert_eq!(done["retokenized"], 49, "{done}");
+    assert_eq!(db.count("SELECT count(DISTINCT seal_key_id) AS n FROM user_logins").await, 1);
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE mask_key_id = 'hmac-2'").await, 99);
+    // Rerunning finds nothing left to do.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(pii_ingest(&new, &["rekey", "--private-key-file", &new_private, "--tokens"])))
+            .unwrap();
+    assert_eq!((again["resealed"].as_u64(), again["retokenized"].as_u64()), (Some(0), Some(0)));
+
+    let all: serde_json::Value = serde_json::from_str(&ok(pii_ingest(
+        &new,
+        &["reveal", "--private-key-file", &new_private, "--reason", "rotation check", "--user-id", USER, "--json"],
+    )))
+    .unwrap();
+    assert_eq!(all[0]["ip"], IP);
+    db.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto").await;
+    let sql = format!(
+        "SELECT count(*) AS n FROM user_logins WHERE masked_ip = encode(hmac('{IP}', '{new_hmac}', 'sha256'), 'hex')"
+    );
+    assert_eq!(db.count(&sql).await, 1, "tokens re-derived under the new key find the known IP");
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn the_analyst_role_sees_masked_columns_only_and_the_ingester_role_cannot_read_ciphertext() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (public, _) = keygen(&dir.path().join("keys"));
+    // A login user that is only a member of pii_ingester runs the whole ingestion.
+    let login = format!("pii_it_ingester_{}", uuid::Uuid::new_v4().simple());
+    db.execute(&format!("CREATE ROLE {login} LOGIN IN ROLE pii_ingester")).await;
+    let as_ingester = db.url.replace("postgres@", &format!("{login}@"));
+    assert!(as_ingester.contains(&login), "{as_ingester}");
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
+    let env = with(&env, "PII_INGEST__POSTGRES__URL", &as_ingester);
+    ok(pii_ingest(&env, &["seed", "--file", SAMPLE]));
+    ok(pii_ingest(&env, &["run", "--until-empty"]));
+    ok(pii_ingest(&with(&env, "PII_INGEST__POSTGRES__WRITE_METHOD", "insert"), &["replay", "--file", SAMPLE]));
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+
+    let denied = |role: &'static str, sql: &'static str| {
+        let url = db.url.clone();
+        async move {
+            use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+            let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+            diesel::sql_query(format!("SET ROLE {role}")).execute(&mut conn).await.unwrap();
+            match diesel::sql_query(sql).execute(&mut conn).await {
+                Ok(_) => false,
+                Err(e) => e.to_string().contains("permission denied"),
+            }
+        }
+    };
+    assert!(!denied("pii_analyst", "SELECT masked_ip, user_id FROM user_logins_masked").await);
+    assert!(denied("pii_analyst", "SELECT ip_sealed FROM user_logins").await);
+    assert!(denied("pii_analyst", "SELECT masked_ip FROM user_logins").await);
+    assert!(denied("pii_analyst", "SELECT * FROM reveal_audit").await);
+    assert!(denied("pii_ingester", "SELECT ip_sealed FROM user_logins").await);
+    assert!(denied("pii_ingester", "SELECT masked_ip FROM user_logins").await);
+    assert!(!denied("pii_ingester", "SELECT message_id FROM user_logins").await);
+    db.drop().await;
+    db_drop_role(&login).await;
+    queue.delete().await;
+}
+
+async fn db_drop_role(role: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await.unwrap();
+    diesel::sql_query(format!("DROP ROLE IF EXISTS {role}")).execute(&mut conn).await.unwrap();
+}
