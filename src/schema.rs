@@ -70,4 +70,9 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(ingest_meta, quarantined_messages, reveal_audit, user_logins,);
+diesel::allow_tables_to_appear_in_same_query!(
+    ingest_meta,
+    quarantined_messages,
+    reveal_audit,
+    user_logins,
+);
