@@ -25,6 +25,8 @@ pub enum LedgerError {
     },
     #[error("ledger store failed")]
     Io(#[source] sled::Error),
+    #[error("ledger store at {0} is in use by another process (each ingester needs a ledger path of its own)")]
+    Locked(PathBuf),
     #[error("could not move the unreadable ledger store {path} aside")]
     MoveAside {
         path: PathBuf,
@@ -52,6 +54,11 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<(Ledger, Opened), LedgerError> {
         match sled::open(path) {
             Ok(db) => Ok((Ledger { db }, Opened::Existing)),
+            // Another live process holds it: it is not broken, and moving it aside would pull it
+            // from under that process.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                Err(LedgerError::Locked(path.to_owned()))
+            }
             Err(error) => {
                 let aside = aside_path(path);
                 tracing::warn!(
@@ -208,6 +215,17 @@ mod tests {
         assert!(ledger.contains("a"));
         assert!(ledger.bind("db-2").unwrap());
         assert!(!ledger.contains("a") && ledger.is_empty());
+    }
+
+    #[test]
+    fn a_store_locked_by_another_opener_is_reported_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let (held, _) = Ledger::open(&path).unwrap();
+        held.record(["a"]);
+        assert!(matches!(Ledger::open(&path), Err(LedgerError::Locked(_))));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was moved aside");
+        assert!(held.contains("a"));
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! The exactly-once pipeline: receive -> skip known -> judge -> write -> record -> delete.
 //!
-//! Receivers long-poll the source in parallel and hand batches of 10 to one writer, which groups them
-//! into transactions of up to `batch_max_rows`. Per transaction:
+//! Receivers long-poll the source in parallel, and for each delivery check the ledger and judge the
+//! body ([`judge`]): so parsing and hashing run beside the database work. One writer groups their
+//! batches into transactions of up to `batch_max_rows`. Per transaction:
 //! 1. deliveries whose id repeats within the batch, or is in the ledger, are duplicates;
-//! 2. the rest are judged: a masked login row, or a quarantine record with a reason;
-//! 3. both go to Postgres in one transaction, `ON CONFLICT (message_id) DO NOTHING`;
-//! 4. committed ids are recorded in the ledger;
-//! 5. only then are the deliveries deleted from the source.
+//! 2. the rest, a masked login row or a quarantine record each, go to Postgres in one transaction,
+//!    `ON CONFLICT (message_id) DO NOTHING` ([`commit`]);
+//! 3. then, on a task of its own so the writer moves on: committed ids are recorded in the ledger,
+//!    and only then are the deliveries deleted from the source.
 //!
 //! A crash anywhere leaves each message either uncommitted (redelivered, processed once) or committed
 //! (redelivered, skipped by the ledger or the unique column). See `docs/exactly-once.md`.
 
-use std::collections::{HashMap, HashSet};
+mod commit;
+mod judge;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +24,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::event::{self, Reject, RejectReason, Rules};
+use crate::event::Rules;
 use crate::ledger::Ledger;
 use crate::mask::Masker;
 use crate::seal::Sealer;
-use crate::sink::{Disposition, NewLogin, NewQuarantined, Sink, Written};
-use crate::source::{Delivery, Source};
+use crate::sink::Sink;
+use crate::source::Source;
 use crate::stats::{Counter, Report, Stats};
+use commit::{Batch, Committed, Row};
+use judge::{Item, Verdict};
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
@@ -68,26 +74,12 @@ pub struct Pipeline<S> {
     pub stats: Arc<Stats>,
 }
 
-/// What a batch's transactions achieved.
-struct Committed {
-    written: Written,
-    /// Ids Postgres refused as rows, turned into `db_rejected` records (already counted); `false`
-    /// where even that record could not be stored.
-    refused: HashMap<String, bool>,
-}
-
-/// A delivery judged, waiting for its transaction.
-enum Judged {
-    Login(NewLogin),
-    Reject(NewQuarantined, RejectReason),
-}
-
 impl<S: Source> Pipeline<S> {
     /// Drains until `stop` is cancelled (or, with `until_empty`, until the source is drained), then
     /// finishes the batch in hand, waits for its deletes, flushes the ledger and reports.
     pub async fn run(self, stop: CancellationToken) -> Report {
         let this = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<Vec<Delivery>>(this.settings.receivers * 2);
+        let (tx, rx) = mpsc::channel::<Vec<Item>>(this.settings.receivers * 2);
         let drained = CancellationToken::new();
         let receivers = TaskTracker::new();
         for _ in 0..this.settings.receivers {
@@ -105,7 +97,7 @@ impl<S: Source> Pipeline<S> {
         this.stats.report()
     }
 
-    async fn receive_loop(&self, tx: mpsc::Sender<Vec<Delivery>>, stop: CancellationToken, drained: CancellationToken) {
+    async fn receive_loop(&self, tx: mpsc::Sender<Vec<Item>>, stop: CancellationToken, drained: CancellationToken) {
         let mut failures = 0u32;
         loop {
             let result = tokio::select! {
@@ -124,7 +116,8 @@ impl<S: Source> Pipeline<S> {
                 Ok(batch) => {
                     failures = 0;
                     self.stats.add(Counter::Received, batch.len());
-                    if tx.send(batch).await.is_err() {
+                    let items = batch.into_iter().map(|d| self.triage(d)).collect();
+                    if tx.send(items).await.is_err() {
                         return;
                     }
                 }
@@ -145,7 +138,7 @@ impl<S: Source> Pipeline<S> {
     /// Groups received batches into transactions until every receiver has stopped.
     async fn write_loop(
         self: &Arc<Self>,
-        mut rx: mpsc::Receiver<Vec<Delivery>>,
+        mut rx: mpsc::Receiver<Vec<Item>>,
         deletes: &TaskTracker,
         stop: &CancellationToken,
     ) {
@@ -162,51 +155,72 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    /// Steps 1 to 5 for one batch.
+    /// One transaction's worth of items: dedup, commit, then hand the acknowledgements to a task.
     async fn process(
         self: &Arc<Self>,
-        batch: Vec<Delivery>,
+        items: Vec<Item>,
         deletes: &TaskTracker,
         permits: &Arc<Semaphore>,
         stop: &CancellationToken,
     ) {
         let started = Instant::now();
-        let size = batch.len();
+        let size = items.len();
         let mut seen = HashSet::with_capacity(size);
-        let mut skipped = Vec::new(); // receipt handles of ledger hits: deletable at once
-        let mut in_batch = Vec::new(); // repeats of an id in this batch: deletable once it commits
-        let mut judged = Vec::with_capacity(size);
-        for delivery in batch {
+        let mut known = Vec::new(); // receipt handles of ledger hits: deletable at once
+        let mut repeats = Vec::new(); // repeats of an id in this batch: deletable once it commits
+        let mut batch = Batch::default();
+        for Item { delivery, verdict } in items {
             if !seen.insert(delivery.message_id.clone()) {
                 self.stats.add(Counter::DuplicateInBatch, 1);
-                in_batch.push(delivery.receipt_handle);
-            } else if self.ledger.contains(&delivery.message_id) {
-                self.stats.add(Counter::DuplicateLedger, 1);
-                skipped.push(delivery.receipt_handle);
-            } else {
-                let verdict = self.judge(&delivery);
-                judged.push((delivery, verdict));
+                repeats.push(delivery.receipt_handle);
+                continue;
             }
+            let row = match verdict {
+                Verdict::Known => {
+                    self.stats.add(Counter::DuplicateLedger, 1);
+                    known.push(delivery.receipt_handle);
+                    continue;
+                }
+                Verdict::Login(login) => {
+                    batch.logins.push(login);
+                    Row::Login(batch.logins.len() - 1)
+                }
+                Verdict::Reject(record, reason) => {
+                    batch.rejects.push(record);
+                    Row::Reject(batch.rejects.len() - 1, reason)
+                }
+            };
+            batch.entries.push((delivery, row));
         }
         let in_hand: Vec<String> =
-            judged.iter().map(|(d, _)| d.receipt_handle.clone()).chain(in_batch.iter().cloned()).collect();
-        let committing = self.commit(&judged, stop);
+            batch.entries.iter().map(|(d, _)| d.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
         let outcome = tokio::select! {
             biased;
-            outcome = committing => outcome,
+            outcome = self.commit(&batch, stop) => outcome,
             never = self.keep_invisible(&in_hand) => match never {},
         };
-        let Some(Committed { written, refused }) = outcome else {
-            self.stats.add(Counter::Abandoned, judged.len() + in_batch.len());
-            self.delete(skipped, deletes, permits);
+        let Some(committed) = outcome else {
+            self.stats.add(Counter::Abandoned, batch.len() + repeats.len());
+            self.acknowledge(Vec::new(), known, deletes, permits);
             return;
         };
-        let mut committed: Vec<&str> = Vec::with_capacity(judged.len());
-        let mut to_delete = skipped;
-        to_delete.append(&mut in_batch);
-        for (delivery, verdict) in &judged {
+        let (ids, mut handles) = self.account(batch, committed);
+        handles.append(&mut known);
+        handles.append(&mut repeats);
+        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
+        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
+        self.acknowledge(ids, handles, deletes, permits);
+    }
+
+    /// Counts each committed delivery's fate; returns the ids to record in the ledger and the
+    /// receipt handles to delete.
+    fn account(&self, batch: Batch, Committed { written, refused }: Committed) -> (Vec<String>, Vec<String>) {
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut handles = Vec::with_capacity(batch.len());
+        for (delivery, row) in batch.entries {
             let id = delivery.message_id.as_str();
-            let is_reject = match (verdict, refused.get(id)) {
+            let is_reject = match (row, refused.get(id)) {
                 // Refused by Postgres and already counted by `commit`; if even its quarantine record
                 // failed, the message stays in the queue.
                 (_, Some(false)) => {
@@ -214,17 +228,17 @@ impl<S: Source> Pipeline<S> {
                     continue;
                 }
                 (_, Some(true)) => true,
-                (Judged::Login(_), None) if written.logins.contains(id) => {
+                (Row::Login(_), None) if written.logins.contains(id) => {
                     self.stats.add(Counter::Written, 1);
                     false
                 }
-                (Judged::Reject(_, reason), None) if written.quarantined.contains(id) => {
-                    self.stats.quarantined(*reason);
+                (Row::Reject(_, reason), None) if written.quarantined.contains(id) => {
+                    self.stats.quarantined(reason);
                     true
                 }
-                (verdict, None) => {
+                (row, None) => {
                     self.stats.add(Counter::DuplicateDatabase, 1);
-                    matches!(verdict, Judged::Reject(..))
+                    matches!(row, Row::Reject(..))
                 }
             };
             if is_reject && !self.settings.delete_rejected {
@@ -232,14 +246,32 @@ impl<S: Source> Pipeline<S> {
                 self.stats.add(Counter::LeftForRedrive, 1);
                 continue;
             }
-            committed.push(id);
-            to_delete.push(delivery.receipt_handle.clone());
+            ids.push(delivery.message_id);
+            handles.push(delivery.receipt_handle);
         }
-        self.ledger.record(committed);
-        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
-        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
-        self.delete(to_delete, deletes, permits);
+        (ids, handles)
+    }
+
+    /// After a commit, on a task of its own: record the ids in the ledger, then delete the
+    /// deliveries in batches of 10 (each retried). The writer does not wait for either.
+    fn acknowledge(&self, ids: Vec<String>, handles: Vec<String>, deletes: &TaskTracker, permits: &Arc<Semaphore>) {
+        let (source, stats, ledger, permits) =
+            (self.source.clone(), self.stats.clone(), self.ledger.clone(), permits.clone());
+        deletes.spawn(async move {
+            ledger.record(ids.iter().map(String::as_str));
+            // A file source has nothing to delete: its deliveries carry no receipt handle.
+            let handles: Vec<String> = handles.into_iter().filter(|h| !h.is_empty()).collect();
+            let mut chunks = tokio::task::JoinSet::new();
+            for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
+                let (source, stats, permits, chunk) = (source.clone(), stats.clone(), permits.clone(), chunk.to_vec());
+                chunks.spawn(async move {
+                    // The semaphore is never closed, so acquiring cannot fail.
+                    let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
+                    delete_with_retry(&*source, chunk, &stats).await;
+                });
+            }
+            chunks.join_all().await;
+        });
     }
 
     /// While a batch is being written, renews its deliveries' invisibility every half visibility
@@ -260,144 +292,6 @@ impl<S: Source> Pipeline<S> {
             }
         }
     }
-
-    /// Parses, validates and masks one delivery.
-    fn judge(&self, delivery: &Delivery) -> Judged {
-        match event::parse(&delivery.body, &self.rules) {
-            Ok(login) => {
-                self.stats.add(Counter::UnknownFields, login.unknown_fields);
-                Judged::Login(NewLogin {
-                    message_id: delivery.message_id.clone(),
-                    masked_ip: self.masker.token(&login.ip),
-                    masked_device_id: self.masker.token(&login.device_id),
-                    user_id: login.user_id,
-                    device_type: login.device_type,
-                    locale: login.locale,
-                    app_version: login.app_version,
-                    create_date: delivery.sent_at.date_naive(),
-                    sent_at: delivery.sent_at,
-                    mask_key_id: self.masker.key_id().to_owned(),
-                    ip_sealed: self.sealer.as_ref().map(|s| s.seal(&login.ip)),
-                    device_id_sealed: self.sealer.as_ref().map(|s| s.seal(&login.device_id)),
-                    seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
-                })
-            }
-            Err(reject) => self.quarantine(delivery, reject),
-        }
-    }
-
-    fn quarantine(&self, delivery: &Delivery, reject: Reject) -> Judged {
-        tracing::info!(
-            sqs.message_id = %delivery.message_id, reason = %reject.reason, field = reject.field,
-            disposition = "reject", "message quarantined: {}", reject.detail
-        );
-        let record = NewQuarantined {
-            message_id: delivery.message_id.clone(),
-            reason: reject.reason.as_str().to_owned(),
-            field: reject.field.map(str::to_owned),
-            detail: reject.detail,
-            masked_body: self.masker.mask_body(&delivery.body),
-            body_hmac: self.masker.token_bytes(&delivery.body),
-            body_bytes: delivery.body.len() as i32,
-            receive_count: delivery.receive_count,
-            sent_at: delivery.sent_at,
-            mask_key_id: self.masker.key_id().to_owned(),
-        };
-        Judged::Reject(record, reject.reason)
-    }
-
-    /// Writes the judged rows, retrying transient failures with backoff and isolating rows Postgres
-    /// refuses. `None` when a stop came while the database was unreachable: nothing was committed.
-    async fn commit(&self, judged: &[(Delivery, Judged)], stop: &CancellationToken) -> Option<Committed> {
-        let mut written = Written::default();
-        let mut refused = HashMap::new();
-        // A stack of slices still to write; a slice that fails for its data is split in two.
-        let mut pending: Vec<&[(Delivery, Judged)]> = vec![judged];
-        let mut failures = 0u32;
-        while let Some(part) = pending.pop() {
-            if part.is_empty() {
-                continue;
-            }
-            let (logins, rejects) = rows(part.iter().map(|(_, j)| j));
-            match self.sink.write(&logins, &rejects).await {
-                Ok(w) => {
-                    failures = 0;
-                    written.logins.extend(w.logins);
-                    written.quarantined.extend(w.quarantined);
-                }
-                Err(error) if error.disposition() == Disposition::DataError && part.len() > 1 => {
-                    tracing::warn!(batch.size = part.len(), error = %error.summary(), disposition = "split", "Postgres refused a batch; splitting it to isolate the row");
-                    let (left, right) = part.split_at(part.len() / 2);
-                    pending.push(right);
-                    pending.push(left);
-                }
-                Err(error) if error.disposition() == Disposition::DataError && self.sink.ping().await => {
-                    let (delivery, _) = &part[0];
-                    let reject = Reject {
-                        reason: RejectReason::DbRejected,
-                        field: None,
-                        detail: format!("Postgres refused the row: {}", error.summary()),
-                    };
-                    let Judged::Reject(record, reason) = self.quarantine(delivery, reject) else { unreachable!() };
-                    let stored = match self.sink.write(&[], std::slice::from_ref(&record)).await {
-                        Ok(w) if w.quarantined.is_empty() => {
-                            self.stats.add(Counter::DuplicateDatabase, 1);
-                            true
-                        }
-                        Ok(_) => {
-                            self.stats.quarantined(reason);
-                            true
-                        }
-                        Err(e) => {
-                            tracing::error!(sqs.message_id = %delivery.message_id, error = %e.summary(), "could not quarantine a refused row; it stays in the queue");
-                            false
-                        }
-                    };
-                    refused.insert(delivery.message_id.clone(), stored);
-                }
-                Err(error) => {
-                    failures += 1;
-                    self.stats.add(Counter::RetryWrite, 1);
-                    let delay = backoff(failures);
-                    tracing::warn!(batch.size = part.len(), error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
-                    pending.push(part);
-                    tokio::select! {
-                        _ = stop.cancelled() => {
-                            tracing::warn!(batch.size = judged.len(), "stopping while Postgres is unavailable; the batch stays in the queue");
-                            return None;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        Some(Committed { written, refused })
-    }
-
-    /// Deletes receipt handles in batches of 10 on the delete tasks, retrying failed entries.
-    fn delete(&self, handles: Vec<String>, deletes: &TaskTracker, permits: &Arc<Semaphore>) {
-        for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
-            let (source, stats, permits, chunk) =
-                (self.source.clone(), self.stats.clone(), permits.clone(), chunk.to_vec());
-            deletes.spawn(async move {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let _permit = permits.acquire_owned().await.expect("semaphore is never closed");
-                delete_with_retry(&*source, chunk, &stats).await;
-            });
-        }
-    }
-}
-
-/// Login rows and quarantine records of a slice of judged deliveries.
-fn rows<'a>(judged: impl Iterator<Item = &'a Judged>) -> (Vec<NewLogin>, Vec<NewQuarantined>) {
-    let (mut logins, mut rejects) = (Vec::new(), Vec::new());
-    for j in judged {
-        match j {
-            Judged::Login(row) => logins.push(row.clone()),
-            Judged::Reject(row, _) => rejects.push(row.clone()),
-        }
-    }
-    (logins, rejects)
 }
 
 const DELETE_ATTEMPTS: u32 = 3;

@@ -160,7 +160,10 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
 
     // The database is dropped and recreated; the ledger directory survives with all 100 ids.
-    db.execute("DROP TABLE user_logins, quarantined_messages, ingest_meta, reveal_audit, __diesel_schema_migrations CASCADE").await;
+    db.execute(
+        "DROP TABLE user_logins, quarantined_messages, ingest_meta, reveal_audit, __diesel_schema_migrations CASCADE",
+    )
+    .await;
     stdout(&pii_ingest(&env, &["migrate"]));
     stdout(&pii_ingest(&env, &["seed", "--file", sample]));
     let again = stdout(&pii_ingest(&env, &["run", "--until-empty"]));

@@ -1,0 +1,82 @@
+//! Step 2, run by the receivers (so parsing and hashing overlap the writer's database work): each
+//! delivery becomes a ledger hit, a masked login row, or a quarantine record.
+
+use crate::event::{self, Reject, RejectReason};
+use crate::sink::{NewLogin, NewQuarantined};
+use crate::source::Delivery;
+use crate::stats::Counter;
+
+use super::Pipeline;
+
+/// What the receiver decided about one delivery.
+pub(super) enum Verdict {
+    /// Its id is in the ledger: committed before.
+    Known,
+    Login(NewLogin),
+    Reject(NewQuarantined, RejectReason),
+}
+
+/// A delivery with its verdict, as the writer sees it. The body is kept only for logins (should
+/// Postgres refuse the row, its quarantine record needs the masked body); otherwise it is dropped.
+pub(super) struct Item {
+    pub delivery: Delivery,
+    pub verdict: Verdict,
+}
+
+impl<S> Pipeline<S> {
+    pub(super) fn triage(&self, mut delivery: Delivery) -> Item {
+        let verdict = if self.ledger.contains(&delivery.message_id) { Verdict::Known } else { self.judge(&delivery) };
+        if !matches!(verdict, Verdict::Login(_)) {
+            delivery.body = Vec::new();
+        }
+        Item { delivery, verdict }
+    }
+
+    /// Parses, validates and masks one delivery.
+    fn judge(&self, delivery: &Delivery) -> Verdict {
+        match event::parse(&delivery.body, &self.rules) {
+            Ok(login) => {
+                self.stats.add(Counter::UnknownFields, login.unknown_fields);
+                Verdict::Login(NewLogin {
+                    message_id: delivery.message_id.clone(),
+                    masked_ip: self.masker.token(&login.ip),
+                    masked_device_id: self.masker.token(&login.device_id),
+                    ip_sealed: self.sealer.as_ref().map(|s| s.seal(&login.ip)),
+                    device_id_sealed: self.sealer.as_ref().map(|s| s.seal(&login.device_id)),
+                    seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
+                    user_id: login.user_id,
+                    device_type: login.device_type,
+                    locale: login.locale,
+                    app_version: login.app_version,
+                    create_date: delivery.sent_at.date_naive(),
+                    sent_at: delivery.sent_at,
+                    mask_key_id: self.masker.key_id().to_owned(),
+                })
+            }
+            Err(reject) => {
+                let reason = reject.reason;
+                Verdict::Reject(self.quarantine_record(delivery, reject), reason)
+            }
+        }
+    }
+
+    /// The quarantine record of a rejected delivery: reason, field, and the body with PII masked.
+    pub(super) fn quarantine_record(&self, delivery: &Delivery, reject: Reject) -> NewQuarantined {
+        tracing::info!(
+            sqs.message_id = %delivery.message_id, reason = %reject.reason, field = reject.field,
+            disposition = "reject", "message quarantined: {}", reject.detail
+        );
+        NewQuarantined {
+            message_id: delivery.message_id.clone(),
+            reason: reject.reason.as_str().to_owned(),
+            field: reject.field.map(str::to_owned),
+            detail: reject.detail,
+            masked_body: self.masker.mask_body(&delivery.body),
+            body_hmac: self.masker.token_bytes(&delivery.body),
+            body_bytes: delivery.body.len() as i32,
+            receive_count: delivery.receive_count,
+            sent_at: delivery.sent_at,
+            mask_key_id: self.masker.key_id().to_owned(),
+        }
+    }
+}
