@@ -49,7 +49,7 @@ pub async fn pipeline_over<S: Source>(
     db::check_migrated(url).await?;
     let sink = match config.postgres.write_method {
         WriteMethod::Insert => Sink::Insert(PgSink::new(db::pool(url, config.postgres.pool_size)?)),
-        WriteMethod::Copy => Sink::Copy(CopySink::new(url)),
+        WriteMethod::Copy => Sink::Copy(CopySink::new(url, settings.writers)),
     };
     let ledger = open_ledger(config).await?;
     ledger.bind(&db::database_id(url).await?)?;

@@ -140,6 +140,9 @@ pub struct PipelineConfig {
     pub receivers: usize,
     /// Most rows written in one transaction.
     pub batch_max_rows: usize,
+    /// Concurrent writer transactions, each on its own connection: while one commits, the next
+    /// batch is gathered.
+    pub writers: usize,
     /// Longest a received message waits for its batch to fill, in milliseconds.
     pub flush_interval_ms: u64,
     /// Concurrent DeleteMessageBatch calls.
@@ -154,6 +157,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             receivers: 8,
             batch_max_rows: 1000,
+            writers: 2,
             flush_interval_ms: 50,
             delete_concurrency: 8,
             delete_rejected: true,
@@ -287,6 +291,9 @@ impl Config {
                 "pipeline.batch_max_rows",
                 format!("from 1 to {}", crate::sink::MAX_ROWS_PER_TRANSACTION),
             ));
+        }
+        if !(1..=16).contains(&p.writers) {
+            return Err(invalid("pipeline.writers", "from 1 to 16"));
         }
         if p.delete_concurrency == 0 {
             return Err(invalid("pipeline.delete_concurrency", "at least 1"));

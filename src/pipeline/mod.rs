@@ -39,6 +39,8 @@ use judge::{Item, Verdict};
 pub struct Settings {
     pub receivers: usize,
     pub batch_max_rows: usize,
+    /// Concurrent transactions (each on its own connection).
+    pub writers: usize,
     pub flush_interval: Duration,
     pub delete_concurrency: usize,
     /// Stop once a receive comes back empty and the source reports itself drained.
@@ -53,6 +55,7 @@ impl Settings {
         Settings {
             receivers: config.receivers,
             batch_max_rows: config.batch_max_rows,
+            writers: config.writers,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             delete_concurrency: config.delete_concurrency,
             until_empty,
@@ -89,7 +92,17 @@ impl<S: Source> Pipeline<S> {
         receivers.close();
         drop(tx);
         let deletes = TaskTracker::new();
-        this.write_loop(rx, &deletes, &stop).await;
+        // Several writers share the channel: while one commits, the next assembles its batch.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let permits = Arc::new(Semaphore::new(this.settings.delete_concurrency));
+        let writers = TaskTracker::new();
+        for _ in 0..this.settings.writers {
+            let (this, rx, deletes, permits, stop) =
+                (this.clone(), rx.clone(), deletes.clone(), permits.clone(), stop.clone());
+            writers.spawn(async move { this.write_loop(&rx, &deletes, &permits, &stop).await });
+        }
+        writers.close();
+        writers.wait().await;
         receivers.wait().await;
         deletes.close();
         deletes.wait().await;
@@ -135,23 +148,29 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    /// Groups received batches into transactions until every receiver has stopped.
+    /// Groups received batches into transactions until every receiver has stopped. The channel is
+    /// held only while a batch is gathered, so another writer can gather while this one commits.
     async fn write_loop(
         self: &Arc<Self>,
-        mut rx: mpsc::Receiver<Vec<Item>>,
+        rx: &tokio::sync::Mutex<mpsc::Receiver<Vec<Item>>>,
         deletes: &TaskTracker,
+        permits: &Arc<Semaphore>,
         stop: &CancellationToken,
     ) {
-        let permits = Arc::new(Semaphore::new(self.settings.delete_concurrency));
-        while let Some(mut batch) = rx.recv().await {
-            let deadline = Instant::now() + self.settings.flush_interval;
-            while batch.len() < self.settings.batch_max_rows {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(more)) => batch.extend(more),
-                    Ok(None) | Err(_) => break,
+        loop {
+            let batch = {
+                let mut rx = rx.lock().await;
+                let Some(mut batch) = rx.recv().await else { return };
+                let deadline = Instant::now() + self.settings.flush_interval;
+                while batch.len() < self.settings.batch_max_rows {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(more)) => batch.extend(more),
+                        Ok(None) | Err(_) => break,
+                    }
                 }
-            }
-            self.process(batch, deletes, &permits, stop).await;
+                batch
+            };
+            self.process(batch, deletes, permits, stop).await;
         }
     }
 

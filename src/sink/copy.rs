@@ -1,18 +1,23 @@
 //! The COPY sink: the same one-transaction, `ON CONFLICT (message_id) DO NOTHING` contract as
 //! [`super::postgres::PgSink`], at near-COPY speed. Per batch, in one transaction:
-//! 1. binary `COPY` the login rows into a temporary staging table (`ON COMMIT DELETE ROWS`);
-//! 2. `INSERT INTO user_logins ... SELECT ... FROM staging ON CONFLICT (message_id) DO NOTHING
-//!    RETURNING message_id` (the unique check happens here, so exactly-once is unchanged);
+//! 1. binary `COPY` the login rows straight into `user_logins` inside a savepoint. Most batches hold
+//!    no id that is already stored (the ledger filtered redeliveries out), and this is all it takes;
+//! 2. if the unique index refuses one (a redelivery the ledger missed, or another worker's row), roll
+//!    back to the savepoint, COPY the rows into a temporary staging table (`ON COMMIT DELETE ROWS`)
+//!    and `INSERT INTO user_logins ... SELECT ... FROM staging ON CONFLICT (message_id) DO NOTHING
+//!    RETURNING message_id`;
 //! 3. quarantine records (rare) with ordinary parameterized inserts.
+//! The unique index decides in both paths, so exactly-once does not depend on which one ran.
 //!
-//! diesel-async has no COPY, so this sink keeps one tokio-postgres connection of its own (the
-//! pipeline has a single writer), reconnecting after a failure. diesel still owns the schema and the
+//! diesel-async has no COPY, so this sink keeps tokio-postgres connections of its own, one per
+//! concurrent writer, reconnecting after a failure. diesel still owns the schema and the
 //! migrations; the column lists here follow `src/schema.rs`.
 
 use std::pin::pin;
 
 use tokio::sync::Mutex;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
@@ -45,26 +50,78 @@ const STAGING_TYPES: [Type; 13] = [
     Type::TEXT,
 ];
 
+/// The column types of `user_logins` itself, for the direct COPY.
+const TABLE_TYPES: [Type; 13] = [
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::BPCHAR,
+    Type::BPCHAR,
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::DATE,
+    Type::TIMESTAMPTZ,
+    Type::VARCHAR,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::VARCHAR,
+];
+
 const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
     (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
 
+/// Binary COPY of login rows into `table`.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    types: &[Type],
+    logins: &[NewLogin],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(&format!("COPY {table} ({LOGIN_COLUMNS}) FROM STDIN BINARY")).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+    for row in logins {
+        let values: [&(dyn ToSql + Sync); 13] = [
+            &row.message_id,
+            &row.user_id,
+            &row.device_type,
+            &row.masked_ip,
+            &row.masked_device_id,
+            &row.locale,
+            &row.app_version,
+            &row.create_date,
+            &row.sent_at,
+            &row.mask_key_id,
+            &row.ip_sealed,
+            &row.device_id_sealed,
+            &row.seal_key_id,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 /// Writes batches through COPY on one connection.
 pub struct CopySink {
     url: String,
-    client: Mutex<Option<Client>>,
+    /// One connection per concurrent writer; a writer takes a free one.
+    clients: Vec<Mutex<Option<Client>>>,
 }
 
 impl CopySink {
-    /// A sink for `url`; it connects on first use.
-    pub fn new(url: &str) -> Self {
-        CopySink { url: url.to_owned(), client: Mutex::new(None) }
+    /// A sink for `url` with up to `connections` concurrent writes; it connects on first use.
+    pub fn new(url: &str, connections: usize) -> Self {
+        CopySink { url: url.to_owned(), clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect() }
     }
 
     /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
-        let mut slot = self.client.lock().await;
+        let mut slot = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
+            Some(slot) => slot,
+            None => self.clients[0].lock().await,
+        };
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = Some(self.connect().await?);
         }
@@ -109,33 +166,27 @@ async fn write_batch(
     let tx = client.transaction().await?;
     let mut written = Written::default();
     if !logins.is_empty() {
-        let sink = tx.copy_in(&format!("COPY pii_ingest_staging ({LOGIN_COLUMNS}) FROM STDIN BINARY")).await?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &STAGING_TYPES));
-        for row in logins {
-            let values: [&(dyn ToSql + Sync); 13] = [
-                &row.message_id,
-                &row.user_id,
-                &row.device_type,
-                &row.masked_ip,
-                &row.masked_device_id,
-                &row.locale,
-                &row.app_version,
-                &row.create_date,
-                &row.sent_at,
-                &row.mask_key_id,
-                &row.ip_sealed,
-                &row.device_id_sealed,
-                &row.seal_key_id,
-            ];
-            writer.as_mut().write(&values).await?;
-        }
-        writer.finish().await?;
-        let insert = format!(
-            "INSERT INTO user_logins ({LOGIN_COLUMNS}) SELECT {LOGIN_COLUMNS} FROM pii_ingest_staging \
-             ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
-        );
-        for row in tx.query(&insert, &[]).await? {
-            written.logins.insert(row.get(0));
+        // Optimistic: COPY straight into the table. A redelivered id makes the unique index refuse
+        // the COPY; then the savepoint undoes it and the batch goes the staging way, where
+        // ON CONFLICT sorts new rows from old. Either way the unique index decides.
+        tx.batch_execute("SAVEPOINT direct_copy").await?;
+        match copy_rows(&tx, "user_logins", &TABLE_TYPES, logins).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
+                written.logins.extend(logins.iter().map(|l| l.message_id.clone()));
+            }
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?;
+                copy_rows(&tx, "pii_ingest_staging", &STAGING_TYPES, logins).await?;
+                let insert = format!(
+                    "INSERT INTO user_logins ({LOGIN_COLUMNS}) SELECT {LOGIN_COLUMNS} FROM pii_ingest_staging \
+                     ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
+                );
+                for row in tx.query(&insert, &[]).await? {
+                    written.logins.insert(row.get(0));
+                }
+            }
+            Err(error) => return Err(error),
         }
     }
     if !quarantined.is_empty() {

@@ -73,7 +73,7 @@ impl FileSource {
             chunk.push(Delivery {
                 message_id: Self::key(&self.digest, lines.number),
                 receipt_handle: String::new(),
-                body: buffer.clone(),
+                body: std::mem::replace(&mut buffer, Vec::with_capacity(256)),
                 sent_at: self.sent_at,
                 receive_count: 1,
             });

@@ -75,7 +75,7 @@ impl TestDb {
     }
 
     pub fn copy_sink(&self) -> Sink {
-        Sink::Copy(CopySink::new(&self.url))
+        Sink::Copy(CopySink::new(&self.url, 2))
     }
 
     /// One number from a query such as `SELECT count(*) AS n FROM user_logins`.
@@ -181,6 +181,7 @@ pub fn settings() -> Settings {
     Settings {
         receivers: 4,
         batch_max_rows: 200,
+        writers: 2,
         flush_interval: Duration::from_millis(20),
         delete_concurrency: 4,
         until_empty: true,
