@@ -191,3 +191,39 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
     db.drop().await;
     queue.delete().await;
 }
+
+#[tokio::test]
+async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones() {
+    use pii_ingest::sink::NewLogin;
+    let db = TestDb::new().await;
+    let row = |i: usize| NewLogin {
+        message_id: format!("m-{i}"),
+        user_id: format!("u-{i}"),
+        device_type: "ios".into(),
+        masked_ip: "a".repeat(64),
+        masked_device_id: "b".repeat(64),
+        locale: None,
+        app_version: "1.0".into(),
+        create_date: chrono::Utc::now().date_naive(),
+        sent_at: chrono::Utc::now(),
+        mask_key_id: "k".into(),
+        ip_sealed: None,
+        device_id_sealed: None,
+        seal_key_id: None,
+    };
+    for (sink, offset) in [(db.copy_sink(), 0), (db.insert_sink(), 100)] {
+        let first: Vec<_> = (offset..offset + 10).map(row).collect();
+        assert_eq!(sink.write(&first, &[]).await.unwrap().logins.len(), 10);
+        // 5..15: five already stored, five new. The COPY sink's direct path is refused by the unique
+        // index and falls back to staging + ON CONFLICT.
+        let mixed: Vec<_> = (offset + 5..offset + 15).map(row).collect();
+        let written = sink.write(&mixed, &[]).await.unwrap();
+        let mut ids: Vec<_> = written.logins.into_iter().collect();
+        ids.sort();
+        let mut want: Vec<_> = (offset + 10..offset + 15).map(|i| format!("m-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want);
+    }
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 30);
+    db.drop().await;
+}
