@@ -68,6 +68,9 @@ pub enum Command {
         /// Timestamp for every line (RFC 3339); default: the file's modification time.
         #[arg(long)]
         sent_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Rows per transaction (a backfill favours large batches over latency).
+        #[arg(long, default_value_t = 5000)]
+        batch_rows: usize,
         /// Print the final report as JSON.
         #[arg(long)]
         json: bool,

@@ -52,7 +52,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the store at `path`, moving an unreadable one aside.
     pub fn open(path: &Path) -> Result<(Ledger, Opened), LedgerError> {
-        match sled::open(path) {
+        match open_sled(path) {
             Ok(db) => Ok((Ledger { db }, Opened::Existing)),
             // Another live process holds it: it is not broken, and moving it aside would pull it
             // from under that process.
@@ -67,7 +67,7 @@ impl Ledger {
                 );
                 std::fs::rename(path, &aside)
                     .map_err(|source| LedgerError::MoveAside { path: path.to_owned(), source })?;
-                let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
+                let db = open_sled(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
                 Ok((Ledger { db }, Opened::MovedAside(aside)))
             }
         }
@@ -75,13 +75,17 @@ impl Ledger {
 
     /// Opens an existing store without repairing or moving anything (for read-only reports).
     pub fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
-        let db = sled::open(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
+        let db = open_sled(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
         Ok(Ledger { db })
     }
 
     /// A ledger that lives in memory only (for replays and tests that want no local state).
     pub fn temporary() -> Ledger {
-        let db = sled::Config::new().temporary(true).open().expect("a temporary sled store needs no disk");
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .expect("a temporary sled store needs no disk");
         Ledger { db }
     }
 
@@ -159,6 +163,14 @@ impl Ledger {
             tracing::warn!(error = %error, "ledger flush failed");
         }
     }
+}
+
+/// sled's page cache, in bytes. Its default (1 GiB) lets a process grow with every id it records; the
+/// ledger is looked up by recent ids, so a small cache costs little.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()
 }
 
 fn aside_path(path: &Path) -> PathBuf {

@@ -13,10 +13,6 @@ use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::source::{FileSource, Source};
 use pii_ingest::{app, db, ops, progress, seed, summary, telemetry};
 
-/// Allocation-heavy work (JSON values, row strings) is faster on mimalloc than on glibc malloc.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,7 +49,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             };
             seed_queue(&config, messages, concurrency).await
         }
-        Command::Replay { file, sent_at, json } => replay(config, &file, sent_at, json).await,
+        Command::Replay { file, sent_at, batch_rows, json } => replay(config, &file, sent_at, batch_rows, json).await,
         Command::Keygen { out } => {
             let key_id = pii_ingest::seal::keygen(&out)?;
             println!("wrote {0}/seal.pub and {0}/seal.key (mode 0600), key id {key_id}", out.display());
@@ -175,11 +171,13 @@ async fn replay(
     config: Config,
     file: &std::path::Path,
     sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    batch_rows: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
     let lines = std::fs::read(file).map(|b| b.iter().filter(|c| **c == b'\n').count() as u64).unwrap_or(0);
     let mut settings = Settings::from_config(&config.pipeline, true);
+    settings.batch_max_rows = batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
     settings.receivers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(settings.receivers);
     let pipeline = app::pipeline_over(&config, source, settings).await?;

@@ -1,28 +1,7 @@
 //! The binary as a user runs it: migrate, seed, run --until-empty, twice.
 
-use std::process::{Command, Output};
-
+use crate::support::binary::{ok, run as pii_ingest};
 use crate::support::{TestDb, TestQueue, binary_env};
-
-fn pii_ingest(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("the binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test]
 async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
@@ -31,14 +10,14 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
     let env = binary_env(&db, &queue, dir.path());
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
 
-    stdout(&pii_ingest(&env, &["migrate"]));
-    assert!(stdout(&pii_ingest(&env, &["seed", "--file", sample])).contains("sent 100 messages"));
-    let first = stdout(&pii_ingest(&env, &["run", "--until-empty", "--json"]));
+    ok(pii_ingest(&env, &["migrate"]));
+    assert!(ok(pii_ingest(&env, &["seed", "--file", sample])).contains("sent 100 messages"));
+    let first = ok(pii_ingest(&env, &["run", "--until-empty", "--json"]));
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!((first["written"].as_u64(), first["quarantined"]["missing_field"].as_u64()), (Some(99), Some(1)));
 
-    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
-    let second = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    ok(pii_ingest(&env, &["seed", "--file", sample]));
+    let second = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(second.contains("rows written                0"), "{second}");
     assert!(second.contains("duplicates skipped        100"), "{second}");
     assert!(second.contains("reconciliation      ok"), "{second}");
@@ -72,7 +51,7 @@ async fn a_bad_setting_is_one_line_naming_the_key() {
 async fn check_config_never_prints_the_key() {
     let key = "a-very-secret-masking-key-that-is-long-enough";
     let output = pii_ingest(&[("PII_INGEST__MASKING__KEY".into(), key.into())], &["check-config"]);
-    let text = stdout(&output);
+    let text = ok(output);
     assert!(!text.contains(key), "{text}");
     assert!(text.contains("masking key: ok"), "{text}");
 }
@@ -107,7 +86,7 @@ async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
 
     let mut output = String::new();
     let mut run = |args: &[&str]| {
-        let out = pii_ingest_with_trace(&env, args);
+        let out = pii_ingest(&env, args);
         output.push_str(&String::from_utf8_lossy(&out.stdout));
         output.push_str(&String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{output}");
@@ -140,23 +119,14 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-pub fn pii_ingest_with_trace(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml"])
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("the binary runs")
-}
-
 #[tokio::test]
 async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
-    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
-    stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    ok(pii_ingest(&env, &["seed", "--file", sample]));
+    ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
 
     // The database is dropped and recreated; the ledger directory survives with all 100 ids.
@@ -164,9 +134,9 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
         "DROP TABLE user_logins, quarantined_messages, ingest_meta, reveal_audit, __diesel_schema_migrations CASCADE",
     )
     .await;
-    stdout(&pii_ingest(&env, &["migrate"]));
-    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
-    let again = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    ok(pii_ingest(&env, &["migrate"]));
+    ok(pii_ingest(&env, &["seed", "--file", sample]));
+    let again = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(again.contains("rows written               99"), "{again}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
     db.drop().await;
@@ -181,16 +151,16 @@ async fn replaying_a_file_twice_or_after_seeding_it_writes_it_once() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
 
     let first: serde_json::Value =
-        serde_json::from_str(&stdout(&pii_ingest(&env, &["replay", "--file", sample, "--json"]))).unwrap();
+        serde_json::from_str(&ok(pii_ingest(&env, &["replay", "--file", sample, "--json"]))).unwrap();
     assert_eq!((first["written"].as_u64(), first["quarantined"]["missing_field"].as_u64()), (Some(99), Some(1)));
-    let second = stdout(&pii_ingest(&env, &["replay", "--file", sample]));
+    let second = ok(pii_ingest(&env, &["replay", "--file", sample]));
     assert!(second.contains("rows written                0"), "{second}");
 
     // The same file sent through SQS carries the same keys: nothing new either, even with the
     // ledger gone (the database answers).
     std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
-    stdout(&pii_ingest(&env, &["seed", "--file", sample]));
-    let third = stdout(&pii_ingest(&env, &["run", "--until-empty"]));
+    ok(pii_ingest(&env, &["seed", "--file", sample]));
+    let third = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(third.contains("rows written                0"), "{third}");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
     db.drop().await;

@@ -4,8 +4,6 @@
 //! settings, and the ConfigMap's variables are configuration keys the binary accepts).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::support::binary::{free_port, get};
 use crate::support::{TestDb, TestQueue, binary_env, logins};
 
 fn repo(path: &str) -> PathBuf {
@@ -164,22 +163,6 @@ fn expressions(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|v| expressions(v, out)),
         _ => {}
     }
-}
-
-/// A plain HTTP/1.0 GET: (status code, body).
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The metric families `pii-ingest run` exports, read from its /metrics once a batch has been

@@ -1,27 +1,10 @@
 //! Operability: the metrics endpoint scraped while `run` works, health and readiness, `stats`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::binary::{free_port, get, terminate};
 use crate::support::{TestDb, TestQueue, binary_env};
-
-/// A plain HTTP/1.0 GET (no client crate needed): (status code, body).
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served_while_running() {
@@ -64,7 +47,7 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     let (status, body) = get(&addr, "/readyz").unwrap();
     assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    terminate(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exits 0");
     db.drop().await;

@@ -3,8 +3,8 @@
 //! ciphertext. All against the real Postgres, through the binary.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+use crate::support::binary::{ok, run as pii_ingest, with};
 use crate::support::{TestDb, TestQueue, binary_env, server_url};
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
@@ -13,35 +13,9 @@ const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const IP: &str = "199.172.111.135";
 const DEVICE: &str = "593-47-5928";
 
-fn pii_ingest(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("the binary runs")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn keygen(dir: &Path) -> (String, String) {
     ok(pii_ingest(&[], &["keygen", "--out", dir.to_str().unwrap()]));
     (dir.join("seal.pub").display().to_string(), dir.join("seal.key").display().to_string())
-}
-
-fn with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
-    let mut env: Vec<_> = env.iter().filter(|(k, _)| k != key).cloned().collect();
-    env.push((key.into(), value.into()));
-    env
 }
 
 #[tokio::test]

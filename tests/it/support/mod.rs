@@ -2,6 +2,7 @@
 //! emulator, so tests run in parallel and never depend on leftover state. Missing services fail the
 //! test loudly with the command that starts them.
 
+pub mod binary;
 pub mod faults;
 
 use std::sync::Arc;
