@@ -160,9 +160,11 @@ async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<Ex
         // validate() checked that the address parses.
         let listen = config.metrics.listen.parse().expect("metrics.listen was validated");
         let (source, ledger) = ((*pipeline.source).clone(), pipeline.ledger.clone());
-        ops::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned())
-            .await
-            .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
+        // A second ingester on the same host finds the port taken: it runs on, without /metrics,
+        // rather than refusing to drain.
+        if let Err(error) = ops::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned()).await {
+            tracing::warn!(listen = %listen, error = %error, "metrics.listen is unavailable; running without /metrics, /healthz, /readyz");
+        }
     }
     drain(pipeline, json, bar).await
 }

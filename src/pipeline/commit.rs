@@ -29,6 +29,13 @@ pub(super) enum Row {
     Reject(usize, RejectReason),
 }
 
+/// The second look at a single refused row.
+enum Recheck {
+    Refused,
+    Written(Written),
+    Unhealthy,
+}
+
 /// What a batch's transactions achieved.
 pub(super) struct Committed {
     pub written: Written,
@@ -87,10 +94,20 @@ impl<S: Source> Pipeline<S> {
                     pending.push(middle..range.end);
                     pending.push(range.start..middle);
                 }
-                Err(error) if error.disposition() == Disposition::DataError && self.sink.ping().await => {
-                    let (delivery, _) = &batch.entries[range.start];
-                    let stored = self.refuse(delivery, &error.summary()).await;
-                    committed.refused.insert(delivery.message_id.clone(), stored);
+                Err(error) if error.disposition() == Disposition::DataError => {
+                    match self.recheck(logins, rejects).await {
+                        Recheck::Refused => {
+                            let (delivery, _) = &batch.entries[range.start];
+                            let stored = self.refuse(delivery, &error.summary()).await;
+                            committed.refused.insert(delivery.message_id.clone(), stored);
+                        }
+                        Recheck::Written(w) => {
+                            committed.written.logins.extend(w.logins);
+                            committed.written.quarantined.extend(w.quarantined);
+                        }
+                        // The server is not answering: the failure was not the row's; retry it.
+                        Recheck::Unhealthy => pending.push(range),
+                    }
                 }
                 Err(error) => {
                     failures += 1;
@@ -109,6 +126,22 @@ impl<S: Source> Pipeline<S> {
             }
         }
         Some(committed)
+    }
+
+    /// Decides whether a single row that failed for its data really is to blame: the server must
+    /// answer, and writing the row once more, a moment later, must fail again. A transient failure
+    /// dressed as a data error (a statement cancelled mid-write) passes the second time.
+    async fn recheck(&self, logins: &[NewLogin], rejects: &[NewQuarantined]) -> Recheck {
+        if !self.sink.ping().await {
+            tokio::time::sleep(backoff(3)).await;
+            return Recheck::Unhealthy;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match self.sink.write(logins, rejects).await {
+            Ok(written) => Recheck::Written(written),
+            Err(error) if error.disposition() == Disposition::DataError => Recheck::Refused,
+            Err(_) => Recheck::Unhealthy,
+        }
     }
 
     /// Quarantines a row Postgres refused although the server is healthy. Returns whether the

@@ -92,15 +92,16 @@ impl SinkError {
             SinkError::Query(error) => error,
         };
         match error {
-            DieselError::DatabaseError(kind, _) => match kind {
+            DieselError::DatabaseError(kind, info) => match kind {
                 DatabaseErrorKind::UniqueViolation
                 | DatabaseErrorKind::NotNullViolation
                 | DatabaseErrorKind::CheckViolation
                 | DatabaseErrorKind::ForeignKeyViolation => Disposition::DataError,
-                // Data exceptions (class 22: value too long, bad encoding) arrive as `Unknown`, as do
-                // some server failures; the pipeline confirms the server is healthy before it blames
-                // a single row.
-                DatabaseErrorKind::Unknown => Disposition::DataError,
+                // `Unknown` covers data exceptions (value too long, bad encoding) but also a
+                // cancelled statement, a lock timeout, a deadlock: diesel does not expose the
+                // SQLSTATE. Only messages that name a value problem blame the rows; everything else is
+                // retried, so a server-side hiccup can never quarantine good messages.
+                DatabaseErrorKind::Unknown if is_value_error(info.message()) => Disposition::DataError,
                 _ => Disposition::Retry,
             },
             DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
@@ -139,6 +140,20 @@ impl SinkError {
             },
         }
     }
+}
+
+/// Postgres' wording of the class-22 errors a row's value can cause (server messages are English
+/// unless `lc_messages` says otherwise; an unrecognized message is retried, never blamed on a row).
+fn is_value_error(message: &str) -> bool {
+    const VALUE_ERRORS: [&str; 6] = [
+        "value too long for type",
+        "invalid byte sequence for encoding",
+        "invalid input syntax for type",
+        "out of range",
+        "character with byte sequence",
+        "unsupported Unicode escape sequence",
+    ];
+    VALUE_ERRORS.iter().any(|e| message.contains(e))
 }
 
 /// SQLSTATEs that mean a row's own value was refused. Anything else, including other class-22 codes

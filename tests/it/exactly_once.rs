@@ -227,3 +227,49 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 30);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn statements_cancelled_mid_write_are_retried_never_quarantined_on_either_sink() {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    for insert in [false, true] {
+        let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+        queue.send_bodies(support::logins(40)).await;
+        // Lock the table, and cancel every statement that waits on the lock, as statement_timeout or
+        // lock_timeout would. The writes fail with "canceling statement", which is not the rows' fault.
+        let mut locker = db.conn().await;
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+        let name = db.url.rsplit('/').next().unwrap().to_owned();
+        let canceller_url = db.url.clone();
+        let hold = tokio::spawn(async move {
+            let mut canceller = diesel_async::AsyncPgConnection::establish(&canceller_url).await.unwrap();
+            locker
+                .transaction::<_, diesel::result::Error, _>(async |conn| {
+                    diesel::sql_query("LOCK TABLE user_logins IN ACCESS EXCLUSIVE MODE").execute(conn).await?;
+                    let _ = locked_tx.send(());
+                    for _ in 0..30 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let cancel = format!(
+                            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                             WHERE datname = '{name}' AND wait_event_type = 'Lock'"
+                        );
+                        diesel::sql_query(cancel).execute(&mut canceller).await?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        });
+        locked_rx.await.unwrap();
+        let sink = if insert { db.insert_sink() } else { db.copy_sink() };
+        let mut p = pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings());
+        p.sink = sink;
+        let report = drain(p, LIMIT).await;
+        hold.await.unwrap();
+
+        assert_eq!(report.written, 40, "insert sink: {insert}: {report}");
+        assert_eq!(report.quarantined_total(), 0, "insert sink: {insert}: {report}");
+        assert!(report.retries > 0, "the cancellations did happen: {report:?}");
+        db.drop().await;
+        queue.delete().await;
+    }
+}
