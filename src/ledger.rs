@@ -46,14 +46,15 @@ pub enum Opened {
 
 /// The skip-cache. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Ledger {
-    db: sled::Db,
+    /// `None` for a disabled ledger: nothing is remembered, Postgres answers every redelivery.
+    db: Option<sled::Db>,
 }
 
 impl Ledger {
     /// Opens the store at `path`, moving an unreadable one aside.
     pub fn open(path: &Path) -> Result<(Ledger, Opened), LedgerError> {
         match open_sled(path) {
-            Ok(db) => Ok((Ledger { db }, Opened::Existing)),
+            Ok(db) => Ok((Ledger { db: Some(db) }, Opened::Existing)),
             // Another live process holds it: it is not broken, and moving it aside would pull it
             // from under that process.
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
@@ -68,7 +69,7 @@ impl Ledger {
                 std::fs::rename(path, &aside)
                     .map_err(|source| LedgerError::MoveAside { path: path.to_owned(), source })?;
                 let db = open_sled(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
-                Ok((Ledger { db }, Opened::MovedAside(aside)))
+                Ok((Ledger { db: Some(db) }, Opened::MovedAside(aside)))
             }
         }
     }
@@ -76,7 +77,7 @@ impl Ledger {
     /// Opens an existing store without repairing or moving anything (for read-only reports).
     pub fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
         let db = open_sled(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
-        Ok(Ledger { db })
+        Ok(Ledger { db: Some(db) })
     }
 
     /// A ledger that lives in memory only (for replays and tests that want no local state).
@@ -86,12 +87,19 @@ impl Ledger {
             .cache_capacity(CACHE_BYTES)
             .open()
             .expect("a temporary sled store needs no disk");
-        Ledger { db }
+        Ledger { db: Some(db) }
+    }
+
+    /// A ledger that remembers nothing (`replay --no-ledger`): correct, since Postgres decides, and
+    /// it saves the ledger's own cost where redeliveries are rare.
+    pub fn disabled() -> Ledger {
+        Ledger { db: None }
     }
 
     /// Whether `id` was recorded as committed. A read error counts as a miss.
     pub fn contains(&self, id: &str) -> bool {
-        match self.db.contains_key(id.as_bytes()) {
+        let Some(db) = &self.db else { return false };
+        match db.contains_key(id.as_bytes()) {
             Ok(found) => found,
             Err(error) => {
                 tracing::warn!(sqs.message_id = id, error = %error, "ledger read failed; treating as not seen");
@@ -103,12 +111,13 @@ impl Ledger {
     /// Records ids whose transaction has committed. A write error is logged and ignored: the database
     /// will answer for these ids on redelivery.
     pub fn record<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let Some(db) = &self.db else { return };
         let stamp = now_millis().to_be_bytes();
         let mut batch = sled::Batch::default();
         for id in ids {
             batch.insert(id.as_bytes(), &stamp);
         }
-        if let Err(error) = self.db.apply_batch(batch) {
+        if let Err(error) = db.apply_batch(batch) {
             tracing::warn!(error = %error, "ledger write failed; redeliveries will be checked by the database");
         }
     }
@@ -117,11 +126,12 @@ impl Ledger {
     /// retention can be redelivered). Returns how many were removed.
     pub fn prune(&self, retention: Duration) -> usize {
         let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
+        let Some(db) = &self.db else { return 0 };
         let mut removed = 0;
-        for entry in self.db.iter() {
+        for entry in db.iter() {
             let Ok((key, value)) = entry else { continue };
             let stamp = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            if stamp < cutoff && self.db.remove(&key).is_ok() {
+            if stamp < cutoff && db.remove(&key).is_ok() {
                 removed += 1;
             }
         }
@@ -132,34 +142,36 @@ impl Ledger {
     /// recreated, another URL) holds ids that were never committed there: trusting it would delete
     /// messages without rows, so it is cleared. Returns whether it was cleared.
     pub fn bind(&self, database_id: &str) -> Result<bool, LedgerError> {
-        let meta = self.db.open_tree("meta").map_err(LedgerError::Io)?;
+        let Some(db) = &self.db else { return Ok(false) };
+        let meta = db.open_tree("meta").map_err(LedgerError::Io)?;
         let bound = meta.get("database_id").map_err(LedgerError::Io)?;
         if bound.as_deref() == Some(database_id.as_bytes()) {
             return Ok(false);
         }
-        let stale = !self.db.is_empty();
+        let stale = !db.is_empty();
         if stale {
-            tracing::warn!(ledger.entries = self.db.len(), "ledger belongs to another database; clearing it");
-            self.db.clear().map_err(LedgerError::Io)?;
+            tracing::warn!(ledger.entries = db.len(), "ledger belongs to another database; clearing it");
+            db.clear().map_err(LedgerError::Io)?;
         }
         meta.insert("database_id", database_id.as_bytes()).map_err(LedgerError::Io)?;
-        self.db.flush().map_err(LedgerError::Io)?;
+        db.flush().map_err(LedgerError::Io)?;
         Ok(stale)
     }
 
     /// Number of ids held.
     pub fn len(&self) -> usize {
-        self.db.len()
+        self.db.as_ref().map_or(0, |db| db.len())
     }
 
     /// Whether the ledger holds no id.
     pub fn is_empty(&self) -> bool {
-        self.db.is_empty()
+        self.db.as_ref().is_none_or(|db| db.is_empty())
     }
 
     /// Writes buffered entries to disk. Failure is logged: it only makes the next restart slower.
     pub async fn flush(&self) {
-        if let Err(error) = self.db.flush_async().await {
+        let Some(db) = &self.db else { return };
+        if let Err(error) = db.flush_async().await {
             tracing::warn!(error = %error, "ledger flush failed");
         }
     }
@@ -170,7 +182,7 @@ impl Ledger {
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
-    sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()
+    sled::Config::new().path(path).cache_capacity(CACHE_BYTES).mode(sled::Mode::HighThroughput).open()
 }
 
 fn aside_path(path: &Path) -> PathBuf {
@@ -197,7 +209,7 @@ mod tests {
             assert_eq!(opened, Opened::Existing);
             ledger.record(["a", "b"]);
             assert!(ledger.contains("a") && !ledger.contains("c"));
-            ledger.db.flush().unwrap();
+            ledger.db.as_ref().unwrap().flush().unwrap();
         }
         let (ledger, _) = Ledger::open(&path).unwrap();
         assert!(ledger.contains("b"));
@@ -243,7 +255,7 @@ mod tests {
     #[test]
     fn prune_removes_only_entries_older_than_retention() {
         let ledger = Ledger::temporary();
-        ledger.db.insert("old", &1_000u64.to_be_bytes()).unwrap();
+        ledger.db.as_ref().unwrap().insert("old", &1_000u64.to_be_bytes()).unwrap();
         ledger.record(["new"]);
         assert_eq!(ledger.prune(Duration::from_secs(3600)), 1);
         assert!(!ledger.contains("old") && ledger.contains("new"));

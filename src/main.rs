@@ -49,7 +49,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             };
             seed_queue(&config, messages, concurrency).await
         }
-        Command::Replay { file, sent_at, batch_rows, json } => replay(config, &file, sent_at, batch_rows, json).await,
+        Command::Replay { file, sent_at, batch_rows, no_ledger, json } => {
+            replay(config, &file, sent_at, batch_rows, no_ledger, json).await
+        }
         Command::Keygen { out } => {
             let key_id = pii_ingest::seal::keygen(&out)?;
             println!("wrote {0}/seal.pub and {0}/seal.key (mode 0600), key id {key_id}", out.display());
@@ -174,6 +176,7 @@ async fn replay(
     file: &std::path::Path,
     sent_at: Option<chrono::DateTime<chrono::Utc>>,
     batch_rows: usize,
+    no_ledger: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
@@ -182,7 +185,10 @@ async fn replay(
     settings.batch_max_rows = batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
     settings.receivers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(settings.receivers);
-    let pipeline = app::pipeline_over(&config, source, settings).await?;
+    let mut pipeline = app::pipeline_over(&config, source, settings).await?;
+    if no_ledger {
+        pipeline.ledger = std::sync::Arc::new(pii_ingest::ledger::Ledger::disabled());
+    }
     drain(pipeline, json, Some(progress::bar(lines, "replaying"))).await
 }
 
