@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_norway::Value;
 
-use crate::support::binary::{free_port, get};
+use crate::support::binary::{free_port, scrape_until, serve};
 use crate::support::{TestDb, TestQueue, binary_env, logins};
 
 fn repo(path: &str) -> PathBuf {
@@ -172,33 +172,19 @@ async fn exported_metric_names() -> BTreeSet<String> {
     queue.send_bodies(logins(3)).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut env = binary_env(&db, &queue, dir.path());
-    env.retain(|(k, _)| !k.ends_with("METRICS__LISTEN"));
-    env.push(("PII_INGEST__METRICS__LISTEN".into(), addr.clone()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml", "run"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        if let Some((200, body)) = get(&addr, "/metrics")
-            && body.contains("pii_ingest_rows_written_total 3")
-            && body.contains("pii_ingest_commit_seconds_bucket")
-            && body.contains("pii_ingest_queue_messages")
-            && body.contains("pii_ingest_ledger_entries")
-        {
-            break body;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("/metrics on {addr} never showed the 3 rows written, the histograms and the gauges");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
+    let child = serve(&binary_env(&db, &queue, dir.path()), &addr);
+    let body = scrape_until(&addr, Duration::from_secs(30), |body| {
+        [
+            "pii_ingest_rows_written_total 3",
+            "pii_ingest_commit_seconds_bucket",
+            "pii_ingest_queue_messages",
+            "pii_ingest_ledger_entries",
+        ]
+        .iter()
+        .all(|want| body.contains(want))
+    });
+    assert!(child.stop().success(), "SIGTERM exits 0");
+    let body = body.expect("/metrics never showed the 3 rows written, the histograms and the gauges");
     db.drop().await;
     queue.delete().await;
     // Families from their `# TYPE` lines and from the samples themselves.

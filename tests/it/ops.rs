@@ -1,9 +1,9 @@
 //! Operability: the metrics endpoint scraped while `run` works, health and readiness, `stats`.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::support::binary::{free_port, get, terminate};
+use crate::support::binary::{free_port, get, ok, run, scrape_until, serve};
 use crate::support::{TestDb, TestQueue, binary_env};
 
 #[tokio::test]
@@ -11,34 +11,14 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut env = binary_env(&db, &queue, dir.path());
-    env.retain(|(k, _)| !k.ends_with("METRICS__LISTEN"));
-    env.push(("PII_INGEST__METRICS__LISTEN".into(), addr.clone()));
+    let env = binary_env(&db, &queue, dir.path());
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
-    let seeded = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml", "seed", "--file", sample])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
-    assert!(seeded.status.success());
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml", "run"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metrics = loop {
-        if let Some((200, body)) = get(&addr, "/metrics")
-            && body.contains("pii_ingest_rows_written_total 99")
-            && body.contains("pii_ingest_queue_messages")
-        {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "metrics never showed 99 rows written");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    ok(run(&env, &["seed", "--file", sample]));
+    let child = serve(&env, &addr);
+    let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
+        body.contains("pii_ingest_rows_written_total 99") && body.contains("pii_ingest_queue_messages")
+    })
+    .expect("metrics never showed 99 rows written");
     assert!(metrics.contains(r#"pii_ingest_quarantined_total{reason="missing_field"} 1"#), "{metrics}");
     assert!(metrics.contains("pii_ingest_messages_deleted_total 100"), "{metrics}");
     assert!(metrics.contains("pii_ingest_commit_seconds_bucket"), "{metrics}");
@@ -47,9 +27,7 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     let (status, body) = get(&addr, "/readyz").unwrap();
     assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
 
-    terminate(&child);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exits 0");
+    assert!(child.stop().success(), "SIGTERM exits 0");
     db.drop().await;
     queue.delete().await;
 }

@@ -61,3 +61,47 @@ pub fn free_port() -> u16 {
 pub fn terminate(child: &std::process::Child) {
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
 }
+
+/// A background `pii-ingest` that is killed if the test fails before stopping it (an orphan would
+/// keep the test harness's output pipe open and hang the whole run).
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&self.0);
+        self.0.wait().expect("the child was started")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `pii-ingest run` in the background, its metrics served on `addr`.
+pub fn serve(env: &[(String, String)], addr: &str) -> Running {
+    let child = command(&with(env, "PII_INGEST__METRICS__LISTEN", addr), &["run"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    Running(child)
+}
+
+/// Scrapes `/metrics` at `addr` until `ready` holds for the body; `None` after `limit`.
+pub fn scrape_until(addr: &str, limit: Duration, ready: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some((200, body)) = get(addr, "/metrics")
+            && ready(&body)
+        {
+            return Some(body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
