@@ -75,6 +75,9 @@ pub async fn pipeline_over<S: Source>(
 
 /// Opens (or moves aside and recreates) the ledger, then prunes entries past retention.
 async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
+    if !config.ledger.enabled {
+        return Ok(Ledger::disabled());
+    }
     let path = config.ledger.path.clone();
     let retention = Duration::from_secs(config.ledger.retention_hours * 3600);
     // sled's open and a full scan are blocking disk work.

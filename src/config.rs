@@ -110,6 +110,10 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
+    /// Keep the local skip-cache at all. Off, every redelivery is answered by Postgres' unique key:
+    /// still exactly once, a round trip slower per redelivery, and no sled memory (about 80 bytes
+    /// per recorded id) or CPU (about 6 µs per id).
+    pub enabled: bool,
     /// Directory of the sled store.
     pub path: PathBuf,
     /// Entries older than this are pruned; keep it >= the queue's message retention (max 14 days).
@@ -118,7 +122,7 @@ pub struct LedgerConfig {
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { path: "var/ledger".into(), retention_hours: 14 * 24 }
+        LedgerConfig { enabled: true, path: "var/ledger".into(), retention_hours: 14 * 24 }
     }
 }
 

@@ -180,7 +180,7 @@ async fn replay(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
-    let lines = std::fs::read(file).map(|b| b.iter().filter(|c| **c == b'\n').count() as u64).unwrap_or(0);
+    let lines = count_lines(file).unwrap_or(0);
     let mut settings = Settings::from_config(&config.pipeline, true);
     settings.batch_max_rows = batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
@@ -190,6 +190,21 @@ async fn replay(
         pipeline.ledger = std::sync::Arc::new(pii_ingest::ledger::Ledger::disabled());
     }
     drain(pipeline, json, Some(progress::bar(lines, "replaying"))).await
+}
+
+/// Lines in a file, for the progress bar, read in chunks (a backfill file may be larger than memory).
+fn count_lines(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0; 1 << 20];
+    let mut lines = 0;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buffer[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
 }
 
 /// Runs a pipeline until stopped or drained and prints its report.
