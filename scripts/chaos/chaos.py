@@ -178,6 +178,21 @@ class Scenario:
         self.reports.append(report)
         return report
 
+    def finish(self, p: subprocess.Popen, label: str = "the drain") -> tuple[int | None, dict | None]:
+        """Waits for a `run --until-empty --json`; records a timeout or a failed exit as a failure and its
+        report as a note. Returns (exit code, report); the code is None after a timeout."""
+        try:
+            code = self.wait(p)
+        except Timeout as e:
+            self.failures.append(str(e))
+            return None, None
+        report = self.report_of(p)
+        if code != 0:
+            self.failures.append(f"{label} exited {code}: {self.tail(p)}")
+        if report:
+            self.notes.append(("drain" if label == "the drain" else label) + ": " + summarize(report))
+        return code, report
+
     def tail(self, p: subprocess.Popen, n: int = 3) -> str:
         _, err = self.output(p)
         lines = [l for l in err.strip().splitlines() if l.strip()]
@@ -413,16 +428,7 @@ def scenario_four_workers(sc: Scenario) -> None:
     """Four `run --until-empty` processes at once, each with its own ledger."""
     procs = [sc.start(["run", "--until-empty", "--json"], ledger=f"w{i}") for i in range(1, 5)]
     for p in procs:
-        try:
-            code = sc.wait(p)
-        except Timeout as e:
-            sc.failures.append(str(e))
-            continue
-        report = sc.report_of(p)
-        if code != 0:
-            sc.failures.append(f"worker {p.tag} exited {code}: {sc.tail(p)}")
-        elif report:
-            sc.notes.append(f"worker {p.tag}: " + summarize(report))
+        sc.finish(p, f"worker {p.tag}")
     t = total(sc.reports)
     sc.notes.append("all workers: " + summarize(t))
     sc.check_written = t  # compared with the table after measure()
@@ -488,16 +494,7 @@ def scenario_postgres_cut(sc: Scenario) -> None:
     cut = time.monotonic() - t0
     still = "still draining" if p.poll() is None else "drain already over"
     sc.notes.append(f"terminated {killed} backends of {sc.db} over {cut:.1f} s ({still} at the end of the cut)")
-    try:
-        code = sc.wait(p)
-    except Timeout as e:
-        sc.failures.append(str(e))
-        return
-    report = sc.report_of(p)
-    if code != 0:
-        sc.failures.append(f"the drain exited {code}: {sc.tail(p)}")
-    if report:
-        sc.notes.append("drain: " + summarize(report))
+    _, report = sc.finish(p)
     sc.check_written = report
 
 
@@ -518,16 +515,7 @@ def scenario_postgres_stall(sc: Scenario) -> None:
     out = psql(sc.db, "", timeout=120, stdin=script)
     killed = sum(int(x) for x in out.split() if x.strip().isdigit())
     sc.notes.append(f"user_logins locked for {time.monotonic() - t0:.1f} s; cancelled {killed} queries waiting on it")
-    try:
-        code = sc.wait(p)
-    except Timeout as e:
-        sc.failures.append(str(e))
-        return
-    report = sc.report_of(p)
-    if code != 0:
-        sc.failures.append(f"the drain exited {code}: {sc.tail(p)}")
-    if report:
-        sc.notes.append("drain: " + summarize(report))
+    sc.finish(p)
 
 
 def scenario_sqs_pause(sc: Scenario) -> None:
@@ -548,17 +536,9 @@ def scenario_sqs_pause(sc: Scenario) -> None:
         sc.ctx.paused = None
     log("sqs-pause: SIGCONT sent")
     sc.notes.append(f"emulator (pid {pid}) stopped for {seconds} s at {sc.processed()}/{sc.sent} processed")
-    try:
-        code = sc.wait(p)
-    except Timeout as e:
-        sc.failures.append(str(e))
-        return
-    report = sc.report_of(p)
-    if code != 0:
-        sc.failures.append(f"the drain exited {code}: {sc.tail(p)}")
+    code, _ = sc.finish(p)
+    if code not in (0, None):
         sc.final_drain()
-    if report:
-        sc.notes.append("drain: " + summarize(report))
 
 
 SCENARIOS = {

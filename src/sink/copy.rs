@@ -72,7 +72,17 @@ const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
 
-/// Binary COPY of login rows into `table`.
+/// Binary COPY of login rows into `table`, a table shaped like `user_logins` (also the bare-COPY
+/// baseline of `pii-bench`, so both copy exactly the same bytes).
+pub async fn copy_logins(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    logins: &[NewLogin],
+) -> Result<(), tokio_postgres::Error> {
+    copy_rows(tx, table, &TABLE_TYPES, logins).await
+}
+
+/// Binary COPY of login rows into `table`, whose column types are `types`.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
@@ -170,7 +180,7 @@ async fn write_batch(
         // the COPY; then the savepoint undoes it and the batch goes the staging way, where
         // ON CONFLICT sorts new rows from old. Either way the unique index decides.
         tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match copy_rows(&tx, "user_logins", &TABLE_TYPES, logins).await {
+        match copy_logins(&tx, "user_logins", logins).await {
             Ok(()) => {
                 tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
                 written.logins.extend(logins.iter().map(|l| l.message_id.clone()));

@@ -21,7 +21,7 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
     assert!(second.contains("rows written                0"), "{second}");
     assert!(second.contains("duplicates skipped        100"), "{second}");
     assert!(second.contains("reconciliation      ok"), "{second}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    assert_eq!(db.rows().await, 99);
     db.drop().await;
     queue.delete().await;
 }
@@ -127,7 +127,7 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
     ok(pii_ingest(&env, &["seed", "--file", sample]));
     ok(pii_ingest(&env, &["run", "--until-empty"]));
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    assert_eq!(db.rows().await, 99);
 
     // The database is dropped and recreated; the ledger directory survives with all 100 ids.
     db.execute(
@@ -138,7 +138,7 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     ok(pii_ingest(&env, &["seed", "--file", sample]));
     let again = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(again.contains("rows written               99"), "{again}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    assert_eq!(db.rows().await, 99);
     db.drop().await;
     queue.delete().await;
 }
@@ -163,7 +163,7 @@ async fn replaying_a_file_twice_or_after_seeding_it_writes_it_once() {
     ok(pii_ingest(&env, &["seed", "--file", sample]));
     let third = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(third.contains("rows written                0"), "{third}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    assert_eq!(db.rows().await, 99);
     db.drop().await;
     queue.delete().await;
 }

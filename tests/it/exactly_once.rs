@@ -7,8 +7,8 @@ use std::time::Duration;
 use pii_ingest::ledger::Ledger;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::faults::{DoubleDelivery, FailFirstDeletes, NeverDelete, SlowDelete};
-use crate::support::{self, TestDb, TestQueue, drain, pipeline, settings};
+use crate::support::faults::{Fault, Faulty};
+use crate::support::{self, TestDb, TestQueue, drain, drain_once, pipeline, settings};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -16,12 +16,12 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::sample()).await;
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
 
     assert_eq!((report.received, report.written, report.quarantined_total()), (100, 99, 1));
     assert_eq!(report.quarantined.get("missing_field"), Some(&1));
     assert!(report.reconciles(), "{report}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 99);
+    assert_eq!(db.rows().await, 99);
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE locale IS NULL").await, 29);
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 1);
     assert_eq!(queue.depth().await, 0, "every message is deleted after commit");
@@ -33,15 +33,13 @@ async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
 async fn the_same_message_twice_in_one_batch_writes_one_row() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(30)).await;
-    let report =
-        drain(pipeline(DoubleDelivery(queue.source().await), &db, Arc::new(Ledger::temporary()), settings()), LIMIT)
-            .await;
+    let report = drain_once(Faulty::new(queue.source().await, Fault::DoubleDelivery), &db).await;
 
     assert_eq!(report.received, 60);
     assert_eq!(report.written, 30);
     assert_eq!(report.duplicate_in_batch, 30);
     assert!(report.reconciles(), "{report}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 30);
+    assert_eq!(db.rows().await, 30);
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
     queue.delete().await;
@@ -51,18 +49,14 @@ async fn the_same_message_twice_in_one_batch_writes_one_row() {
 async fn a_failed_delete_is_redelivered_after_the_visibility_timeout_and_skipped_by_the_ledger() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
     queue.send_bodies(support::logins(40)).await;
-    let report = drain(
-        pipeline(FailFirstDeletes::new(queue.source().await), &db, Arc::new(Ledger::temporary()), settings()),
-        LIMIT,
-    )
-    .await;
+    let report = drain_once(Faulty::new(queue.source().await, Fault::FailFirstDeletes), &db).await;
 
     assert_eq!(report.written, 40);
     assert_eq!(report.delete_failed, 40, "every first delete failed");
     assert_eq!(report.duplicate_ledger, 40, "every redelivery was caught by the ledger");
     assert_eq!(report.received, 80);
     assert!(report.reconciles(), "{report}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 40);
+    assert_eq!(db.rows().await, 40);
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
     queue.delete().await;
@@ -74,7 +68,8 @@ async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
     queue.send_bodies(support::logins(50)).await;
 
     // First consumer commits everything but its deletes never land; it is stopped once all rows exist.
-    let first = pipeline(NeverDelete(queue.source().await), &db, Arc::new(Ledger::temporary()), settings());
+    let first =
+        pipeline(Faulty::new(queue.source().await, Fault::NeverDelete), &db, Arc::new(Ledger::temporary()), settings());
     let stop = CancellationToken::new();
     let run = tokio::spawn(first.run(stop.clone()));
     support::wait_for_count(&db, "SELECT count(*) AS n FROM user_logins", 50).await;
@@ -83,11 +78,11 @@ async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
     assert_eq!(first_report.written, 50);
 
     // Its ledger is gone: the second consumer starts empty and must rely on Postgres.
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
     assert_eq!(report.written, 0);
     assert_eq!(report.duplicate_database, 50);
     assert!(report.reconciles(), "{report}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 50);
+    assert_eq!(db.rows().await, 50);
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
     queue.delete().await;
@@ -100,7 +95,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
     queue.send_bodies(support::logins(20)).await;
     {
         let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
-        let first = pipeline(NeverDelete(queue.source().await), &db, Arc::new(ledger), settings());
+        let first = pipeline(Faulty::new(queue.source().await, Fault::NeverDelete), &db, Arc::new(ledger), settings());
         let stop = CancellationToken::new();
         let run = tokio::spawn(first.run(stop.clone()));
         support::wait_for_count(&db, "SELECT count(*) AS n FROM user_logins", 20).await;
@@ -110,7 +105,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
     let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
     let report = drain(pipeline(queue.source().await, &db, Arc::new(ledger), settings()), LIMIT).await;
     assert_eq!(report.duplicate_ledger, 20, "{report}");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 20);
+    assert_eq!(db.rows().await, 20);
     db.drop().await;
     queue.delete().await;
 }
@@ -123,14 +118,24 @@ async fn two_consumers_draining_one_queue_write_one_row_per_message() {
     queue.send(messages).await;
     // Deletes slower than the visibility timeout: the other consumer receives the same messages too.
     let slow = Duration::from_millis(1500);
-    let a = pipeline(SlowDelete(queue.source().await, slow), &db, Arc::new(Ledger::temporary()), settings());
-    let b = pipeline(SlowDelete(queue.source().await, slow), &db, Arc::new(Ledger::temporary()), settings());
+    let a = pipeline(
+        Faulty::new(queue.source().await, Fault::SlowDelete(slow)),
+        &db,
+        Arc::new(Ledger::temporary()),
+        settings(),
+    );
+    let b = pipeline(
+        Faulty::new(queue.source().await, Fault::SlowDelete(slow)),
+        &db,
+        Arc::new(Ledger::temporary()),
+        settings(),
+    );
     let (ra, rb) = tokio::join!(drain(a, LIMIT), drain(b, LIMIT));
 
     assert!(ra.reconciles() && rb.reconciles(), "{ra}\n{rb}");
     assert_eq!(ra.written + rb.written, n as u64, "each message written by exactly one consumer");
     assert!(ra.duplicates() + rb.duplicates() > 0, "the test did provoke overlapping deliveries");
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, n as i64);
+    assert_eq!(db.rows().await, n as i64);
     assert_eq!(db.count("SELECT count(DISTINCT message_id) AS n FROM user_logins").await, n as i64);
     assert_eq!(queue.depth().await, 0);
     db.drop().await;
@@ -142,7 +147,7 @@ async fn identical_bodies_sent_twice_are_two_messages_and_two_rows() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let body = support::sample()[0].clone();
     queue.send_bodies([body.clone(), body]).await;
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
     assert_eq!(report.written, 2, "the SQS MessageId, not the body, is the dedup key");
     db.drop().await;
     queue.delete().await;
@@ -152,7 +157,7 @@ async fn identical_bodies_sent_twice_are_two_messages_and_two_rows() {
 async fn create_date_is_the_sent_date_so_every_delivery_lands_on_the_same_day() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(5)).await;
-    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    drain_once(queue.source().await, &db).await;
     assert_eq!(
         db.count("SELECT count(*) AS n FROM user_logins WHERE create_date = (sent_at AT TIME ZONE 'UTC')::date AND sent_at <= ingested_at").await,
         5
@@ -182,7 +187,7 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
             .unwrap();
     });
     locked_rx.await.unwrap();
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
     hold.await.unwrap();
 
     assert_eq!(report.written, 30);
@@ -224,7 +229,7 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
         want.sort();
         assert_eq!(ids, want);
     }
-    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins").await, 30);
+    assert_eq!(db.rows().await, 30);
     db.drop().await;
 }
 

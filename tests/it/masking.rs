@@ -1,19 +1,13 @@
 //! Masking against the real Postgres: tokens equal pgcrypto's `encode(hmac(value, key, 'sha256'), 'hex')`,
 //! and no raw PII is stored anywhere.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use pii_ingest::ledger::Ledger;
-
-use crate::support::{self, TEST_KEY, TestDb, TestQueue, drain, pipeline, settings};
+use crate::support::{self, TEST_KEY, TestDb, TestQueue, drain_once};
 
 #[tokio::test]
 async fn stored_tokens_equal_what_postgres_hmac_computes_with_the_key() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(support::logins(10)).await;
-    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), Duration::from_secs(60))
-        .await;
+    drain_once(queue.source().await, &db).await;
 
     db.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto").await;
     // The first sample login: ip 199.172.111.135, device_id 593-47-5928.
@@ -35,8 +29,7 @@ async fn no_raw_ip_or_device_id_is_stored_in_any_table() {
     // A malformed message that still carries PII must be quarantined with it masked.
     let bad = r#"{"ip":"10.20.30.40","device_id":"999-88-7777","device_type":"toaster"}"#.to_owned();
     queue.send_bodies(sample.iter().cloned().chain([bad])).await;
-    drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), Duration::from_secs(60))
-        .await;
+    drain_once(queue.source().await, &db).await;
 
     let mut raw: Vec<String> = vec!["10.20.30.40".into(), "999-88-7777".into()];
     for line in &sample {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::QueueAttributeName;
 use pii_ingest::ledger::Ledger;
 
-use crate::support::{self, TestDb, TestQueue, drain, pipeline, settings};
+use crate::support::{self, TestDb, TestQueue, drain, drain_once, pipeline, settings};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -45,7 +45,7 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_the_good_ones_are_
         }
     }
     queue.send_bodies(bodies).await;
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
 
     assert_eq!(report.written, 40);
     assert_eq!(report.quarantined_total(), bad.len() as u64);
@@ -143,7 +143,7 @@ async fn bodies_near_the_sqs_size_limit_are_handled() {
         v
     };
     queue.send_bodies([big_login.to_string(), big_garbage, unicode.to_string()]).await;
-    let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), settings()), LIMIT).await;
+    let report = drain_once(queue.source().await, &db).await;
 
     assert_eq!(report.written, 2, "{report}");
     assert_eq!(report.unknown_fields, 1, "the padding field was counted and dropped");

@@ -90,6 +90,11 @@ impl TestDb {
         rows[0].n
     }
 
+    /// Rows in `user_logins`.
+    pub async fn rows(&self) -> i64 {
+        self.count("SELECT count(*) AS n FROM user_logins").await
+    }
+
     pub async fn execute(&self, sql: &str) {
         diesel::sql_query(sql).execute(&mut self.conn().await).await.unwrap();
     }
@@ -201,6 +206,11 @@ pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings
         settings,
         stats: Arc::new(Stats::default()),
     }
+}
+
+/// Drains `source` into `db` with a fresh in-memory ledger and the test settings (60 s at most).
+pub async fn drain_once<S: Source>(source: S, db: &TestDb) -> Report {
+    drain(pipeline(source, db, Arc::new(Ledger::temporary()), settings()), Duration::from_secs(60)).await
 }
 
 /// Runs a pipeline until the queue is empty, failing the test if it takes longer than `limit`.
