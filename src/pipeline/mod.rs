@@ -211,12 +211,10 @@ impl<S: Source> Pipeline<S> {
             };
             batch.entries.push((delivery, row));
         }
-        let in_hand: Vec<String> =
-            batch.entries.iter().map(|(d, _)| d.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
         let outcome = tokio::select! {
             biased;
             outcome = self.commit(&batch, stop) => outcome,
-            never = self.keep_invisible(&in_hand) => match never {},
+            never = self.keep_invisible(&batch, &repeats) => match never {},
         };
         let Some(committed) = outcome else {
             self.stats.add(Counter::Abandoned, batch.len() + repeats.len());
@@ -295,12 +293,15 @@ impl<S: Source> Pipeline<S> {
 
     /// While a batch is being written, renews its deliveries' invisibility every half visibility
     /// timeout, so a slow or unreachable database does not cause a storm of redeliveries. Never
-    /// returns: it is dropped when the write finishes.
-    async fn keep_invisible(&self, handles: &[String]) -> std::convert::Infallible {
+    /// returns: it is dropped when the write finishes. The handles are gathered only if the timer
+    /// fires, which a healthy batch never lets it do.
+    async fn keep_invisible(&self, batch: &Batch, repeats: &[String]) -> std::convert::Infallible {
         let timeout = self.source.visibility_timeout().max(Duration::from_secs(1));
         let seconds = timeout.as_secs() as u32;
+        tokio::time::sleep(timeout / 2).await;
+        let handles: Vec<String> =
+            batch.entries.iter().map(|(d, _)| d.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
         loop {
-            tokio::time::sleep(timeout / 2).await;
             for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
                 match self.source.extend(chunk, seconds).await {
                     Ok(()) => self.stats.add(Counter::VisibilityExtended, chunk.len()),
@@ -309,6 +310,7 @@ impl<S: Source> Pipeline<S> {
                     }
                 }
             }
+            tokio::time::sleep(timeout / 2).await;
         }
     }
 }
