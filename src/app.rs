@@ -80,6 +80,7 @@ async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
     }
     let path = config.ledger.path.clone();
     let retention = Duration::from_secs(config.ledger.retention_hours * 3600);
+    let max_entries = config.ledger.max_entries;
     // sled's open and a full scan are blocking disk work.
     tokio::task::spawn_blocking(move || {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -95,6 +96,7 @@ async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
             }
             Err(error) => return Err(error),
         };
+        let ledger = ledger.with_max_entries(max_entries);
         let pruned = ledger.prune(retention);
         if pruned > 0 {
             tracing::info!(ledger.pruned = pruned, "pruned ledger entries older than retention");

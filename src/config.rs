@@ -111,18 +111,25 @@ impl Default for PostgresConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LedgerConfig {
     /// Keep the local skip-cache at all. Off, every redelivery is answered by Postgres' unique key:
-    /// still exactly once, a round trip slower per redelivery, and no sled memory (about 80 bytes
-    /// per recorded id) or CPU (about 6 µs per id).
+    /// still exactly once, a round trip slower per redelivery.
     pub enabled: bool,
     /// Directory of the sled store.
     pub path: PathBuf,
     /// Entries older than this are pruned; keep it >= the queue's message retention (max 14 days).
     pub retention_hours: u64,
+    /// Most ids held (17-34 bytes of memory each); past it the oldest batches are forgotten, which
+    /// costs a database round trip if one of them is redelivered.
+    pub max_entries: usize,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { enabled: true, path: "var/ledger".into(), retention_hours: 14 * 24 }
+        LedgerConfig {
+            enabled: true,
+            path: "var/ledger".into(),
+            retention_hours: 14 * 24,
+            max_entries: crate::ledger::DEFAULT_MAX_ENTRIES,
+        }
     }
 }
 
@@ -307,6 +314,9 @@ impl Config {
         }
         if self.ledger.path.as_os_str().is_empty() {
             return Err(invalid("ledger.path", "a directory for the ledger store"));
+        }
+        if self.ledger.max_entries == 0 {
+            return Err(invalid("ledger.max_entries", "at least 1 (set ledger.enabled = false for no ledger)"));
         }
         Ok(())
     }
