@@ -381,7 +381,8 @@ mod tests {
     #[test]
     fn ids_that_differ_only_in_form_are_different_keys() {
         let uuid = uuid::Uuid::new_v4();
-        let forms = [uuid.hyphenated().to_string(), uuid.hyphenated().to_string().to_uppercase(), uuid.simple().to_string()];
+        let forms =
+            [uuid.hyphenated().to_string(), uuid.hyphenated().to_string().to_uppercase(), uuid.simple().to_string()];
         let keys: HashSet<u128> = forms.iter().map(|f| key(f)).collect();
         assert_eq!(keys.len(), 3, "only the canonical form maps to the UUID's own bytes");
         assert_eq!(key(&forms[0]), uuid.as_u128());
