@@ -107,6 +107,14 @@ impl Stats {
         metrics::counter!("pii_ingest_quarantined_total", "reason" => reason.as_str()).increment(1);
     }
 
+    /// Deliveries received and not yet settled (deleted, failed to delete, left for redrive or
+    /// abandoned): what this process still holds invisible in the queue.
+    pub fn in_flight(&self) -> u64 {
+        use Counter::*;
+        let settled = self.get(Deleted) + self.get(DeleteFailed) + self.get(LeftForRedrive) + self.get(Abandoned);
+        self.get(Received).saturating_sub(settled)
+    }
+
     fn get(&self, counter: Counter) -> u64 {
         self.counts[counter as usize].load(Relaxed)
     }

@@ -89,6 +89,10 @@ impl<S: Source> Pipeline<S> {
             let (this, tx, stop, drained) = (this.clone(), tx.clone(), stop.clone(), drained.clone());
             receivers.spawn(async move { this.receive_loop(tx, stop, drained).await });
         }
+        if this.settings.until_empty {
+            let (this, stop, drained) = (this.clone(), stop.clone(), drained.clone());
+            receivers.spawn(async move { this.watch_drained(stop, drained).await });
+        }
         receivers.close();
         drop(tx);
         let deletes = TaskTracker::new();
@@ -108,6 +112,24 @@ impl<S: Source> Pipeline<S> {
         deletes.wait().await;
         this.ledger.flush().await;
         this.stats.report()
+    }
+
+    /// With `until_empty`, notices the end of a drain without waiting for a receiver's long poll to
+    /// come back empty (a whole `wait_time_seconds` at the end of every drain): every 200 ms, once this
+    /// process holds no delivery, it asks the source whether it is drained. The empty-receive check in
+    /// the receivers stays the rule for sources whose deliveries are never deleted (files).
+    async fn watch_drained(&self, stop: CancellationToken, drained: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = drained.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if self.stats.in_flight() == 0 && self.source.is_drained().await.unwrap_or(false) {
+                drained.cancel();
+                return;
+            }
+        }
     }
 
     async fn receive_loop(&self, tx: mpsc::Sender<Vec<Item>>, stop: CancellationToken, drained: CancellationToken) {
