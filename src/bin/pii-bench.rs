@@ -181,8 +181,8 @@ async fn postgres_side(
     let runs: [(&str, Option<&str>); 2] = [("replay", None), ("replay --no-ledger", Some("--no-ledger"))];
     let (mut copy_rates, mut replay_rates) = (Vec::new(), vec![Vec::new(), Vec::new()]);
     for round in 1..=args.rounds.max(1) {
-        eprintln!("postgres: round {round}: bare binary COPY of {m} rows");
-        copy_rates.push(bare_copy(&db_url, &lines).await?);
+        eprintln!("postgres: round {round}: bare binary COPY of {m} rows ({} streams)", writers());
+        copy_rates.push(bare_copy(&db_url, &lines, writers()).await?);
         for ((label, extra), rates) in runs.iter().zip(&mut replay_rates) {
             // A fresh copy of the table each time, so every run inserts every row.
             fresh_database(&args.postgres, "pii_bench_pg_replay").await?;
@@ -199,12 +199,13 @@ async fn postgres_side(
         }
     }
     let copy_rate = median(&mut copy_rates);
+    let streams = writers();
     for ((label, extra), mut rates) in runs.into_iter().zip(replay_rates) {
         let rate = median(&mut rates);
         table.push(Row {
             measure: format!("Postgres write, rows/s ({m} rows, {label}, median of {})", rates.len()),
             value: format!("{rate:.0}"),
-            baseline: format!("{copy_rate:.0} bare binary COPY"),
+            baseline: format!("{copy_rate:.0} bare binary COPY, {streams} streams"),
             ratio: Some(rate / copy_rate),
             target: if extra.is_none() { ">= 0.70" } else { "(ledger off)" },
         });
@@ -212,8 +213,9 @@ async fn postgres_side(
     Ok(())
 }
 
-/// Rows/s of one binary COPY of the masked rows into a fresh copy of `user_logins`.
-async fn bare_copy(db_url: &str, lines: &[String]) -> anyhow::Result<f64> {
+/// Rows/s of a binary COPY of the masked rows into a fresh copy of `user_logins`, in `streams`
+/// concurrent connections.
+async fn bare_copy(db_url: &str, lines: &[String], streams: usize) -> anyhow::Result<f64> {
     let masker = Masker::new(KEY.as_bytes(), Some("bench")).unwrap();
     let rules = Rules::default();
     let now = chrono::Utc::now();
@@ -240,15 +242,27 @@ async fn bare_copy(db_url: &str, lines: &[String]) -> anyhow::Result<f64> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let (mut client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
+    let (client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
     tokio::spawn(connection);
     client
         .batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)")
         .await?;
+    // As many COPY streams as the ingester has writers, each one transaction over its share.
+    let mut clients = Vec::new();
+    for _ in 0..streams {
+        let (client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
+        tokio::spawn(connection);
+        clients.push(client);
+    }
+    let share = rows.len().div_ceil(streams);
     let started = Instant::now();
-    let tx = client.transaction().await?;
-    copy_logins(&tx, "bench_copy", &rows).await?;
-    tx.commit().await?;
+    let copies = clients.iter_mut().zip(rows.chunks(share)).map(|(client, rows)| async move {
+        let tx = client.transaction().await?;
+        copy_logins(&tx, "bench_copy", rows).await?;
+        tx.commit().await?;
+        anyhow::Ok(())
+    });
+    futures::future::try_join_all(copies).await?;
     Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -366,6 +380,11 @@ async fn latency(
         target: "report",
     });
     Ok(())
+}
+
+/// The ingester's default `pipeline.writers`: the bare COPY uses as many streams.
+fn writers() -> usize {
+    pii_ingest::config::PipelineConfig::default().writers
 }
 
 fn median(values: &mut [f64]) -> f64 {
