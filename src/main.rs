@@ -180,7 +180,9 @@ async fn replay(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let source = FileSource::open(file, sent_at).with_context(|| format!("cannot read {}", file.display()))?;
-    let lines = count_lines(file).unwrap_or(0);
+    // The bar's length costs a pass over the file: only worth it where a bar is drawn.
+    use std::io::IsTerminal;
+    let lines = if std::io::stderr().is_terminal() { count_lines(file).unwrap_or(0) } else { 0 };
     let mut settings = Settings::from_config(&config.pipeline, true);
     settings.batch_max_rows = batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.

@@ -68,7 +68,10 @@ impl Masker {
     pub fn token_bytes(&self, value: &[u8]) -> String {
         let mut mac = self.mac.clone();
         mac.update(value);
-        hex::encode(mac.finalize().into_bytes())
+        // Through a stack buffer: `hex::encode` builds the String a char at a time, which was 8% of a replay.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex).expect("32 bytes are 64 hex digits");
+        String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
     }
 
     /// A JSON body with every [`PII_FIELDS`] value replaced by its token, for quarantine. `None` when

@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     receivers: usize,
     /// Rounds of the Postgres measurements (COPY and replays interleaved); the table shows medians.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds of steady load for the latency measurement (0 skips it).
     #[arg(long, default_value_t = 20)]
