@@ -366,10 +366,8 @@ impl std::hash::Hasher for FoldHasher {
 /// The 16-byte key of an id (see the module docs).
 fn key(id: &str) -> u128 {
     let canonical_uuid = id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase());
-    if canonical_uuid {
-        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
-            return uuid.as_u128();
-        }
+    if canonical_uuid && let Ok(uuid) = uuid::Uuid::try_parse(id) {
+        return uuid.as_u128();
     }
     let digest = Sha256::digest(id.as_bytes());
     u128::from_be_bytes(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
