@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Throughput benchmark: starts Postgres and the SQS emulator if needed, builds in release mode, and runs
 # pii-bench, which measures pii-ingest against bare baselines in the same run and prints one table:
-#   SQS drain vs a bare receive+delete drain (same concurrency, same queue size),
-#   Postgres write path (replay) vs a bare binary COPY of the same rows,
-#   peak RSS while draining, and sent->commit latency at half the measured rate.
-# Arguments go to pii-bench: --messages N (100000) --rows N (200000) --receivers N (8)
-#   --latency-seconds S (20; 0 skips) --skip-sqs --skip-postgres
-# Takes about 3-5 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
+#   SQS drain vs a bare receive+delete drain (same concurrency, same queue size; the bare drain runs
+#     before and after pii-ingest and the baseline is their mean, as the emulator drifts),
+#   Postgres write path (replay) vs a bare binary COPY of the same rows (as many streams as writers;
+#     rounds interleaved, medians),
+#   peak RSS and CPU while draining, and sent->commit latency at half the measured rate.
+# Arguments go to pii-bench: --messages N (100000) --rows N (200000) --rounds R (5) --receivers N (8)
+#   --latency-seconds S (20; 0 skips) --backlog N (0; 1000000 is the issue's figure, ~10 more minutes)
+#   --skip-sqs --skip-postgres
+# Takes about 6 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 scripts/postgres.sh
