@@ -183,6 +183,7 @@ async fn write_batch(
         match copy_logins(&tx, "user_logins", logins).await {
             Ok(()) => {
                 tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
+                written.logins.reserve(logins.len());
                 written.logins.extend(logins.iter().map(|l| l.message_id.clone()));
             }
             Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
