@@ -32,14 +32,12 @@
 //! after its row or quarantine record is committed; no raw PII reaches a table, log line, error, the
 //! ledger or a metric label.
 
-pub mod app;
-pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod db;
 pub mod event;
 pub mod ledger;
 pub mod mask;
-pub mod ops;
 pub mod pipeline;
 pub mod progress;
 pub mod reveal;
@@ -47,8 +45,8 @@ pub mod reveal;
 pub mod schema;
 pub mod seal;
 pub mod seed;
+pub mod server;
 pub mod sink;
 pub mod source;
-pub mod stats;
-pub mod summary;
+pub mod startup;
 pub mod telemetry;

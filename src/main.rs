@@ -1,17 +1,19 @@
 //! The `pii-ingest` binary: parse the command line, load configuration, init logging, dispatch.
 
+mod commands;
+
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use commands::{Cli, Command};
 use indicatif::ProgressBar;
-use pii_ingest::cli::{Cli, Command};
 use pii_ingest::config::Config;
 use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::source::{FileSource, Source};
-use pii_ingest::{app, db, ops, progress, seed, summary, telemetry};
+use pii_ingest::{db, progress, seed, server, startup, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -119,7 +121,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { json } => {
-            let mut summary = summary::read(config.postgres.url.expose()).await?;
+            let mut summary = commands::stats::read(config.postgres.url.expose()).await?;
             if config.ledger.path.exists() {
                 // Opening the store takes its lock: this fails while `run` holds the same ledger.
                 summary.ledger_entries = match pii_ingest::ledger::Ledger::open_existing(&config.ledger.path) {
@@ -151,9 +153,9 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<ExitCode> {
     let recorder = match config.metrics.listen.is_empty() {
         true => None,
-        false => Some(ops::install_recorder().context("cannot install the metrics recorder")?),
+        false => Some(server::install_recorder().context("cannot install the metrics recorder")?),
     };
-    let pipeline = app::pipeline(&config, until_empty).await?;
+    let pipeline = startup::pipeline(&config, until_empty).await?;
     let bar = match until_empty {
         true => Some(progress::bar(pipeline.source.depth().await.map(|d| d.total()).unwrap_or(0), "draining")),
         false => None,
@@ -164,7 +166,8 @@ async fn run(config: Config, until_empty: bool, json: bool) -> anyhow::Result<Ex
         let (source, ledger) = ((*pipeline.source).clone(), pipeline.ledger.clone());
         // A second ingester on the same host finds the port taken: it runs on, without /metrics,
         // rather than refusing to drain.
-        if let Err(error) = ops::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned()).await {
+        if let Err(error) = server::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned()).await
+        {
             tracing::warn!(listen = %listen, error = %error, "metrics.listen is unavailable; running without /metrics, /healthz, /readyz");
         }
     }
@@ -187,7 +190,7 @@ async fn replay(
     settings.batch_max_rows = batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
     settings.receivers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(settings.receivers);
-    let mut pipeline = app::pipeline_over(&config, source, settings).await?;
+    let mut pipeline = startup::pipeline_over(&config, source, settings).await?;
     if no_ledger {
         pipeline.ledger = std::sync::Arc::new(pii_ingest::ledger::Ledger::disabled());
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::stats::Stats;
+use crate::counters::Stats;
 
 /// A bar of `len` items labelled `what`.
 pub fn bar(len: u64, what: &'static str) -> ProgressBar {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::counters::Counter;
 use crate::event::{Reject, RejectReason};
 use crate::sink::{Disposition, NewLogin, NewQuarantined, Written};
 use crate::source::{Delivery, Source};
-use crate::stats::Counter;
 
 use super::{Pipeline, backoff};
 

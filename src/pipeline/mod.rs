@@ -24,13 +24,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::counters::{Counter, Report, Stats};
 use crate::event::Rules;
 use crate::ledger::Ledger;
 use crate::mask::Masker;
 use crate::seal::Sealer;
 use crate::sink::Sink;
 use crate::source::Source;
-use crate::stats::{Counter, Report, Stats};
 use commit::{Batch, Committed, Row};
 use judge::{Item, Verdict};
 

@@ -21,7 +21,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use super::postgres::{NewLogin, NewQuarantined, SinkError, Written};
+use super::insert::{NewLogin, NewQuarantined, SinkError, Written};
 
 /// Staging columns are unbounded `text`, so COPY itself never fails on a length; the INSERT applies
 /// the real column types and reports a data error there.

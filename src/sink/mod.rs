@@ -4,10 +4,10 @@
 //! them apart. The module boundary keeps SQL out of the pipeline.
 
 pub mod copy;
-pub mod postgres;
+pub mod insert;
 
 pub use copy::CopySink;
-pub use postgres::{Disposition, NewLogin, NewQuarantined, PgSink, SinkError, Written};
+pub use insert::{Disposition, NewLogin, NewQuarantined, PgSink, SinkError, Written};
 
 /// Most rows the pipeline puts in one transaction (config `pipeline.batch_max_rows` is capped here).
 pub const MAX_ROWS_PER_TRANSACTION: usize = 5000;

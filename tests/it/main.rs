@@ -6,7 +6,7 @@ mod cli;
 mod deploy;
 mod exactly_once;
 mod masking;
-mod ops;
 mod quarantine;
 mod sealing;
+mod server;
 mod support;

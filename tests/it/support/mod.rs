@@ -12,6 +12,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use pii_ingest::config::SqsConfig;
+use pii_ingest::counters::{Report, Stats};
 use pii_ingest::event::Rules;
 use pii_ingest::ledger::Ledger;
 use pii_ingest::mask::Masker;
@@ -19,7 +20,6 @@ use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::seed::{self, Outgoing};
 use pii_ingest::sink::{CopySink, PgSink, Sink};
 use pii_ingest::source::{Source, SqsSource};
-use pii_ingest::stats::{Report, Stats};
 use pii_ingest::{db, source};
 use tokio_util::sync::CancellationToken;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::counters::Stats;
 use crate::db::{self, DbError};
 use crate::event::Rules;
 use crate::ledger::{Ledger, LedgerError};
@@ -12,7 +13,6 @@ use crate::pipeline::{Pipeline, Settings};
 use crate::seal::Sealer;
 use crate::sink::{CopySink, PgSink, Sink, WriteMethod};
 use crate::source::{Source, SourceError, SqsSource};
-use crate::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

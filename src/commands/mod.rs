@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::LogFormat;
+use pii_ingest::config::LogFormat;
+
+pub mod stats;
 
 #[derive(Debug, Parser)]
 #[command(name = "pii-ingest", version, about = "Drain login events from SQS into Postgres exactly once, PII masked")]

@@ -34,7 +34,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
             &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
         )?
         .install_recorder()?;
-    crate::stats::register_metrics();
+    crate::counters::register_metrics();
     Ok(handle)
 }
 

@@ -9,8 +9,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use crate::db::DbError;
-use crate::schema::{quarantined_messages, user_logins};
+use pii_ingest::db::DbError;
+use pii_ingest::schema::{quarantined_messages, user_logins};
 
 /// The numbers `stats` prints.
 #[derive(Debug, Serialize)]
@@ -30,7 +30,7 @@ pub struct Summary {
 pub async fn read(url: &str) -> Result<Summary, DbError> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
+        .map_err(|source| DbError::Connect { url: pii_ingest::config::redact_url_password(url), source })?;
     let query = |source| DbError::Query { what: "read the summary", source };
     let (rows, first_date, last_date, last_ingest) = user_logins::table
         .select((
