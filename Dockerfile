@@ -11,21 +11,25 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
 
-# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change. A stub lib and
-# main let cargo compile every dependency without the real sources.
+# Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change. Stubs for every
+# target Cargo.toml names explicitly (the lib, the main binary, benches/masking.rs: cargo refuses a
+# manifest whose declared target file is missing) let cargo compile every dependency without the real
+# sources. Only the `pii-ingest` binary is built (not src/bin/pii-bench.rs).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
+ && echo 'fn main() {}' > benches/masking.rs \
+ && cargo build --release --locked --bin pii-ingest \
+ && rm -rf src benches
 
 # The crate itself. COPY keeps the files' original mtimes, which can be older than the stub build:
 # touch them so cargo does not mistake the stub artifacts for up to date.
 COPY src ./src
+COPY benches ./benches
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked --bin pii-ingest \
  && ./target/release/pii-ingest --version
 
 # ---------------------------------------------------------------- runtime
