@@ -1,11 +1,23 @@
-//! The command line: `pii-ingest [--config FILE] <command>`.
+//! The command line: `pii-ingest [--config FILE] <command>`, one file per subcommand holding its clap
+//! arguments and the function that runs it. `main.rs` parses, loads configuration and calls
+//! [`Command::run`]; nothing here is reachable from the library.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pii_ingest::config::LogFormat;
+use pii_ingest::config::{Config, LogFormat};
 
+mod check_config;
+mod drain;
+mod keygen;
+mod migrate;
+mod rekey;
+mod replay;
+mod reveal;
+mod run;
+mod seed;
 pub mod stats;
 
 #[derive(Debug, Parser)]
@@ -24,118 +36,41 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume the queue until SIGINT/SIGTERM (the batch in hand is finished first).
-    Run {
-        /// Exit 0 once the queue has no visible and no in-flight message.
-        #[arg(long)]
-        until_empty: bool,
-        /// Print the final report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(run::Args),
     /// Apply the embedded migrations (the files `diesel migration run` applies).
-    Migrate {
-        /// Do not create the database when it is missing.
-        #[arg(long)]
-        no_create_db: bool,
-    },
+    Migrate(migrate::Args),
     /// Send messages to the queue, creating it if missing.
-    Seed {
-        /// Send each non-blank line of a JSONL file as one message.
-        #[arg(long, value_name = "F.jsonl", conflicts_with = "generate", required_unless_present = "generate")]
-        file: Option<PathBuf>,
-        /// Send N synthetic logins shaped like the sample.
-        #[arg(long, value_name = "N")]
-        generate: Option<usize>,
-        /// With --generate: share of malformed messages (0.0 to 1.0).
-        #[arg(long, default_value_t = 0.0)]
-        bad_share: f64,
-        /// With --generate: share of bodies repeating an earlier one (0.0 to 1.0).
-        #[arg(long, default_value_t = 0.0)]
-        repeat_share: f64,
-        /// With --generate: random seed, for reproducible loads.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// With --file: send without idempotency keys (every send then becomes new rows).
-        #[arg(long)]
-        no_keys: bool,
-        /// Concurrent SendMessageBatch calls.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-    },
+    Seed(seed::Args),
     /// Feed a JSONL file through the write path (backfills, dead-letter dumps). Each line's id is the
     /// file's content hash + its line number: replaying a file twice writes nothing new.
-    Replay {
-        #[arg(long, value_name = "F.jsonl")]
-        file: PathBuf,
-        /// Timestamp for every line (RFC 3339); default: the file's modification time.
-        #[arg(long)]
-        sent_at: Option<chrono::DateTime<chrono::Utc>>,
-        /// Rows per transaction (a backfill favours large batches over latency).
-        #[arg(long, default_value_t = 5000)]
-        batch_rows: usize,
-        /// Skip the local ledger: Postgres' unique key still drops lines already loaded. Recording
-        /// ids in sled is most of a backfill's CPU; without it a replay is about twice as fast.
-        #[arg(long)]
-        no_ledger: bool,
-        /// Print the final report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Replay(replay::Args),
     /// Rows, date range, quarantined by reason, ledger entries, last ingest time.
-    Stats {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Stats(stats::Args),
     /// Write an X25519 key pair for sealing PII: DIR/seal.pub (give it to the ingester as
     /// sealing.public_key_file) and DIR/seal.key (mode 0600; only for people allowed to reveal).
-    Keygen {
-        #[arg(long, value_name = "DIR", default_value = "var/keys")]
-        out: PathBuf,
-    },
+    Keygen(keygen::Args),
     /// Print the raw ip and device_id of selected rows; every reveal is audited (reveal_audit).
-    Reveal {
-        /// The private key file from `keygen`.
-        #[arg(long, value_name = "FILE")]
-        private_key_file: PathBuf,
-        /// Why these values are needed (stored in the audit record).
-        #[arg(long)]
-        reason: String,
-        /// Who is asking (default: $USER).
-        #[arg(long)]
-        who: Option<String>,
-        #[arg(long, group = "selector", required = true)]
-        message_id: Option<String>,
-        #[arg(long, group = "selector")]
-        user_id: Option<String>,
-        /// A masked_ip token.
-        #[arg(long, group = "selector")]
-        masked_ip: Option<String>,
-        /// A masked_device_id token.
-        #[arg(long, group = "selector")]
-        masked_device_id: Option<String>,
-        /// At most this many rows.
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    Reveal(reveal::Args),
     /// Move rows to the current keys in resumable batches: re-seal to sealing.public_key_file, and
     /// with --tokens re-derive masked_ip/masked_device_id under the current masking key.
-    Rekey {
-        /// Private key(s) of the keys rows are sealed to now (repeatable).
-        #[arg(long, value_name = "FILE", required = true)]
-        private_key_file: Vec<PathBuf>,
-        /// Also re-derive HMAC tokens under the configured masking key.
-        #[arg(long)]
-        tokens: bool,
-        /// Do not re-seal (only with --tokens).
-        #[arg(long, requires = "tokens")]
-        no_reseal: bool,
-        /// Rows per transaction.
-        #[arg(long, default_value_t = 500)]
-        batch: i64,
-    },
+    Rekey(rekey::Args),
     /// Print the effective configuration, secrets redacted.
     CheckConfig,
+}
+
+impl Command {
+    /// Runs the command; the exit code is the process's.
+    pub async fn run(self, config: Config) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Run(args) => run::run(args, config).await,
+            Command::Migrate(args) => migrate::run(args, &config).await,
+            Command::Seed(args) => seed::run(args, &config).await,
+            Command::Replay(args) => replay::run(args, config).await,
+            Command::Stats(args) => stats::run(args, &config).await,
+            Command::Keygen(args) => keygen::run(args),
+            Command::Reveal(args) => reveal::run(args, &config).await,
+            Command::Rekey(args) => rekey::run(args, &config).await,
+            Command::CheckConfig => Ok(check_config::run(&config)),
+        }
+    }
 }

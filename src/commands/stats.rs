@@ -2,6 +2,7 @@
 //! without writing SQL. Read-only.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::dsl::{count_star, max, min};
@@ -9,8 +10,38 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
+use pii_ingest::config::Config;
+use pii_ingest::ledger::Ledger;
+
 use pii_ingest::db::DbError;
 use pii_ingest::schema::{quarantined_messages, user_logins};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(Args { json }: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    let mut summary = read(config.postgres.url.expose()).await?;
+    if config.ledger.path.exists() {
+        // Opening the store takes its lock: this fails while `run` holds the same ledger.
+        summary.ledger_entries = match Ledger::open_existing(&config.ledger.path) {
+            Ok(ledger) => Some(ledger.len()),
+            Err(error) => {
+                tracing::warn!(error = %error, "ledger not readable (in use by a running ingester?)");
+                None
+            }
+        };
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{summary}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The numbers `stats` prints.
 #[derive(Debug, Serialize)]

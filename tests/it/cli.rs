@@ -27,6 +27,20 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
 }
 
 #[tokio::test]
+async fn replay_without_the_ledger_never_opens_the_store() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = binary_env(&db, &queue, dir.path());
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let report = ok(pii_ingest(&env, &["replay", "--file", sample, "--no-ledger"]));
+    assert!(report.contains("rows written               99"), "{report}");
+    // Opening sled would have created the store (and taken its lock).
+    assert!(!dir.path().join("ledger").exists(), "replay --no-ledger created the ledger store");
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
 async fn run_refuses_to_start_without_a_masking_key() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let dir = tempfile::tempdir().unwrap();

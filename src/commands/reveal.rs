@@ -1,0 +1,67 @@
+//! `pii-ingest reveal`: print the raw ip and device_id of selected rows, for a stated reason; every
+//! reveal is recorded in `reveal_audit` before anything is printed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pii_ingest::config::Config;
+use pii_ingest::reveal::{Revealed, Selector};
+use pii_ingest::seal::Opener;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The private key file from `keygen`.
+    #[arg(long, value_name = "FILE")]
+    private_key_file: PathBuf,
+    /// Why these values are needed (stored in the audit record).
+    #[arg(long)]
+    reason: String,
+    /// Who is asking (default: $USER).
+    #[arg(long)]
+    who: Option<String>,
+    #[arg(long, group = "selector", required = true)]
+    message_id: Option<String>,
+    #[arg(long, group = "selector")]
+    user_id: Option<String>,
+    /// A masked_ip token.
+    #[arg(long, group = "selector")]
+    masked_ip: Option<String>,
+    /// A masked_device_id token.
+    #[arg(long, group = "selector")]
+    masked_device_id: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    let selector = match (args.message_id, args.user_id, args.masked_ip, args.masked_device_id) {
+        (Some(v), ..) => Selector::MessageId(v),
+        (_, Some(v), ..) => Selector::UserId(v),
+        (_, _, Some(v), _) => Selector::MaskedIp(v),
+        (.., Some(v)) => Selector::MaskedDeviceId(v),
+        _ => unreachable!("clap requires one selector"),
+    };
+    let opener = Opener::from_file(&args.private_key_file)?;
+    let who = args.who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let reason = args.reason;
+    let rows =
+        pii_ingest::reveal::reveal(config.postgres.url.expose(), &opener, &selector, &who, &reason, args.limit).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+        eprintln!("{} row(s) revealed; recorded in reveal_audit ({who}: {reason})", rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Revealed]) {
+    println!("{:<40} {:<38} {:<40} device_id", "message_id", "user_id", "ip");
+    for r in rows {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not sealed)".into());
+        println!("{:<40} {:<38} {:<40} {}", r.message_id, r.user_id, show(&r.ip), show(&r.device_id));
+    }
+}
