@@ -8,6 +8,23 @@ cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 scripts/postgres.sh
 scripts/emulator.sh start
 
+# promtool runs the alerting rules' unit tests (tests/it/alerts.rs); Debian ships it in `prometheus`.
+# policy-rc.d keeps the package from starting a Prometheus server of its own.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing promtool (Debian package prometheus)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus
+  [ -z "$policy" ] || $sudo rm -f "$policy"
+fi
+
 # Databases of earlier runs whose tests failed before cleaning up after themselves.
 if command -v psql >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc \

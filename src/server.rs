@@ -2,8 +2,10 @@
 //! and `/readyz` (Postgres and SQS answer), on `metrics.listen` (default 127.0.0.1:9898).
 //!
 //! Counters are bumped where they happen (`stats.rs`); this module installs the recorder, serves
-//! it, and polls the gauges that nothing else updates: queue depth and ledger size. No label ever
-//! carries message content: layers, causes and reason codes come from fixed sets.
+//! it, and polls the gauges that nothing else updates: queue depth, ledger size, and whether each
+//! dependency answers (`pii_ingest_dependency_up`, what `/readyz` reports, so an alert can watch
+//! it). No label ever carries message content: layers, causes, reason codes and dependency names
+//! come from fixed sets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +19,13 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::ledger::Ledger;
 use crate::source::SqsSource;
+use crate::source::sqs::Depth;
 
 /// How often gauges are refreshed.
 const POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a dependency may take to answer before it counts as unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Installs the global Prometheus recorder. Histogram buckets: batch sizes in rows, commit latency
 /// in seconds.
@@ -56,12 +62,13 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(poll_gauges(source.clone(), ledger, metrics.clone()));
+    let ops = Ops { metrics, source, postgres_url };
+    tokio::spawn(poll_gauges(ops.clone(), ledger));
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Ops { metrics, source, postgres_url });
+        .with_state(ops);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(error = %error, "metrics server stopped");
@@ -77,12 +84,27 @@ async fn render(State(ops): State<Ops>) -> String {
 
 /// 200 when Postgres and SQS both answer within 2 s; 503 naming what does not.
 async fn ready(State(ops): State<Ops>) -> (StatusCode, String) {
-    let timeout = Duration::from_secs(2);
-    let postgres = tokio::time::timeout(timeout, postgres_answers(&ops.postgres_url)).await.unwrap_or(false);
-    let sqs = tokio::time::timeout(timeout, ops.source.depth()).await.is_ok_and(|r| r.is_ok());
+    let (postgres, depth) = check(&ops).await;
+    let sqs = depth.is_some();
     let body = format!("postgres: {}\nsqs: {}\n", up(postgres), up(sqs));
     let status = if postgres && sqs { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, body)
+}
+
+/// Asks Postgres and SQS whether they answer (within [`CHECK_TIMEOUT`] each, concurrently), records
+/// the answers as `pii_ingest_dependency_up{dependency}` (1 or 0), and returns Postgres' answer with
+/// the queue depth SQS gave (`None`: SQS did not answer).
+async fn check(ops: &Ops) -> (bool, Option<Depth>) {
+    let (postgres, depth) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, postgres_answers(&ops.postgres_url)),
+        tokio::time::timeout(CHECK_TIMEOUT, ops.source.depth()),
+    );
+    let postgres = postgres.unwrap_or(false);
+    let depth = depth.ok().and_then(Result::ok);
+    let gauge = |ok: bool| if ok { 1.0 } else { 0.0 };
+    metrics::gauge!("pii_ingest_dependency_up", "dependency" => "postgres").set(gauge(postgres));
+    metrics::gauge!("pii_ingest_dependency_up", "dependency" => "sqs").set(gauge(depth.is_some()));
+    (postgres, depth)
 }
 
 fn up(ok: bool) -> &'static str {
@@ -95,16 +117,16 @@ async fn postgres_answers(url: &str) -> bool {
     client.simple_query("SELECT 1").await.is_ok()
 }
 
-async fn poll_gauges(source: SqsSource, ledger: Arc<Ledger>, metrics: PrometheusHandle) {
+async fn poll_gauges(ops: Ops, ledger: Arc<Ledger>) {
     loop {
-        if let Ok(depth) = source.depth().await {
+        if let (_, Some(depth)) = check(&ops).await {
             metrics::gauge!("pii_ingest_queue_messages", "state" => "visible").set(depth.visible as f64);
             metrics::gauge!("pii_ingest_queue_messages", "state" => "in_flight").set(depth.in_flight as f64);
             metrics::gauge!("pii_ingest_queue_messages", "state" => "delayed").set(depth.delayed as f64);
         }
         metrics::gauge!("pii_ingest_ledger_entries").set(ledger.len() as f64);
         // Histograms are kept as buckets; draining the exporter's upkeep keeps memory flat.
-        metrics.run_upkeep();
+        ops.metrics.run_upkeep();
         tokio::time::sleep(POLL_EVERY).await;
     }
 }

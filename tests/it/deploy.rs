@@ -14,16 +14,16 @@ use serde_norway::Value;
 use crate::support::binary::{free_port, scrape_until, serve};
 use crate::support::{TestDb, TestQueue, binary_env, logins};
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Every YAML document in `path`, anchors resolved and `<<` merge keys applied.
-fn yaml_documents(path: &Path) -> Vec<Value> {
+pub(crate) fn yaml_documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_norway::Deserializer::from_str(&text)
         .map(|document| {
@@ -36,13 +36,13 @@ fn yaml_documents(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn yaml(path: &str) -> Value {
+pub(crate) fn yaml(path: &str) -> Value {
     let mut documents = yaml_documents(&repo(path));
     assert_eq!(documents.len(), 1, "{path} holds one YAML document");
     documents.remove(0)
 }
 
-fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(*key))?.as_str()
 }
 
@@ -134,7 +134,7 @@ fn prometheus_scrapes_the_ingester_and_grafana_is_provisioned() {
 // ---------------------------------------------------------------- Grafana dashboard
 
 /// Every `pii_ingest_*` name in `text`, without the histogram series suffixes.
-fn metric_names(text: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("pii_ingest_") {
@@ -167,7 +167,7 @@ fn expressions(value: &serde_json::Value, out: &mut Vec<String>) {
 
 /// The metric families `pii-ingest run` exports, read from its /metrics once a batch has been
 /// committed (histograms appear with their first observation).
-async fn exported_metric_names() -> BTreeSet<String> {
+pub(crate) async fn exported_metric_names() -> BTreeSet<String> {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     queue.send_bodies(logins(3)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -179,6 +179,7 @@ async fn exported_metric_names() -> BTreeSet<String> {
             "pii_ingest_commit_seconds_bucket",
             "pii_ingest_queue_messages",
             "pii_ingest_ledger_entries",
+            "pii_ingest_dependency_up",
         ]
         .iter()
         .all(|want| body.contains(want))

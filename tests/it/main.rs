@@ -1,6 +1,7 @@
 //! Integration tests: the real Postgres and the real SQS emulator (`scripts/emulator.sh start`), one
 //! fresh database and one fresh queue per test.
 
+mod alerts;
 mod chaos;
 mod cli;
 mod deploy;

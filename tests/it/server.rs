@@ -15,14 +15,20 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
     ok(run(&env, &["seed", "--file", sample]));
     let child = serve(&env, &addr);
+    // Deletes follow the commit: wait for both, or a scrape between them sees 99 rows and 99 deletes.
     let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
-        body.contains("pii_ingest_rows_written_total 99") && body.contains("pii_ingest_queue_messages")
+        ["pii_ingest_rows_written_total 99", "pii_ingest_messages_deleted_total 100", "pii_ingest_queue_messages"]
+            .iter()
+            .all(|want| body.contains(want))
     })
-    .expect("metrics never showed 99 rows written");
+    .expect("metrics never showed 99 rows written and 100 messages deleted");
     assert!(metrics.contains(r#"pii_ingest_quarantined_total{reason="missing_field"} 1"#), "{metrics}");
-    assert!(metrics.contains("pii_ingest_messages_deleted_total 100"), "{metrics}");
     assert!(metrics.contains("pii_ingest_commit_seconds_bucket"), "{metrics}");
     assert!(metrics.contains("pii_ingest_ledger_entries"), "{metrics}");
+    let metrics = scrape_until(&addr, Duration::from_secs(30), |body| body.contains("pii_ingest_dependency_up"))
+        .expect("metrics never showed pii_ingest_dependency_up");
+    assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="sqs"} 1"#), "{metrics}");
     assert_eq!(get(&addr, "/healthz").map(|r| r.0), Some(200));
     let (status, body) = get(&addr, "/readyz").unwrap();
     assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
@@ -30,6 +36,30 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     assert!(child.stop().success(), "SIGTERM exits 0");
     db.drop().await;
     queue.delete().await;
+}
+
+/// The readiness gauge the `PiiIngestNotReady` alert watches follows `/readyz`: a database that
+/// goes away shows as `pii_ingest_dependency_up{dependency="postgres"} 0` and a 503 naming it.
+#[tokio::test]
+async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = serve(&binary_env(&db, &queue, dir.path()), &addr);
+    scrape_until(&addr, Duration::from_secs(30), |body| {
+        body.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 1"#)
+    })
+    .expect("the ingester never reported Postgres up");
+    db.drop().await;
+    let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
+        body.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 0"#)
+    });
+    let readyz = get(&addr, "/readyz");
+    drop(child);
+    queue.delete().await;
+    let metrics = metrics.expect("the gauge never showed Postgres down after its database was dropped");
+    assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="sqs"} 1"#), "{metrics}");
+    assert_eq!(readyz, Some((503, "postgres: unreachable\nsqs: ok\n".to_owned())));
 }
 
 #[tokio::test]
