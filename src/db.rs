@@ -1,6 +1,8 @@
 //! Database plumbing: the connection pool, the embedded migrations (the same files `diesel migration
 //! run` applies), and creating the database itself when it is missing.
 
+pub mod tls;
+
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
