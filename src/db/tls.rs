@@ -299,7 +299,8 @@ fn describe_handshake(failed: &HandshakeError, roots: RootCert) -> ConnectError 
         CertificateError::UnknownIssuer => ConnectError::UnknownIssuer { roots },
         CertificateError::NotValidForName => ConnectError::WrongHost { host, names: String::new() },
         CertificateError::NotValidForNameContext { presented, .. } => {
-            ConnectError::WrongHost { host, names: format!(" (it names {})", presented.join(", ")) }
+            let names: Vec<&str> = presented.iter().map(|name| unquote(name)).collect();
+            ConnectError::WrongHost { host, names: format!(" (it names {})", names.join(", ")) }
         }
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
             ConnectError::BadCertificate { problem: "has expired".into() }
@@ -309,6 +310,11 @@ fn describe_handshake(failed: &HandshakeError, roots: RootCert) -> ConnectError 
         }
         other => ConnectError::BadCertificate { problem: format!("was rejected: {other:?}") },
     }
+}
+
+/// `DnsName("db.example")` (how rustls lists a certificate's names) -> `db.example`.
+fn unquote(name: &str) -> &str {
+    name.split_once("(\"").and_then(|(_, rest)| rest.strip_suffix("\")")).unwrap_or(name)
 }
 
 /// The rustls configuration for `params`: which certificates are accepted, over the aws-lc-rs
@@ -431,6 +437,12 @@ mod tests {
         assert_eq!(with_defaults("postgres://h/db", None, None), "postgres://h/db");
         let round_trip = params(&with_defaults("postgres://h/db", Some(SslMode::Require), Some(root)));
         assert_eq!(round_trip.root_cert, Some(RootCert::File(root.into())));
+    }
+
+    #[test]
+    fn certificate_names_are_shown_without_their_rustls_wrapping() {
+        assert_eq!(unquote("DnsName(\"db.example\")"), "db.example");
+        assert_eq!(unquote("IpAddress(10.0.0.1)"), "IpAddress(10.0.0.1)");
     }
 
     #[test]

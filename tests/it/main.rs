@@ -11,3 +11,4 @@ mod quarantine;
 mod sealing;
 mod server;
 mod support;
+mod tls;
