@@ -26,6 +26,66 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub sealing: SealingConfig,
+    pub fields: FieldsConfig,
+}
+
+/// The names a producer may give each login field (`[fields]`); a body may use any one of them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FieldsConfig {
+    pub user_id: Vec<String>,
+    pub app_version: Vec<String>,
+    pub device_type: Vec<String>,
+    pub ip: Vec<String>,
+    pub device_id: Vec<String>,
+    pub locale: Vec<String>,
+}
+
+impl Default for FieldsConfig {
+    fn default() -> Self {
+        let one = |name: &str| vec![name.to_owned()];
+        FieldsConfig {
+            user_id: one("user_id"),
+            app_version: one("app_version"),
+            device_type: one("device_type"),
+            ip: one("ip"),
+            device_id: one("device_id"),
+            locale: one("locale"),
+        }
+    }
+}
+
+impl FieldsConfig {
+    /// `(config key, names)` per field, in [`crate::event::Field::ALL`] order.
+    fn lists(&self) -> [(&'static str, &[String]); 6] {
+        [
+            ("fields.user_id", &self.user_id),
+            ("fields.app_version", &self.app_version),
+            ("fields.device_type", &self.device_type),
+            ("fields.ip", &self.ip),
+            ("fields.device_id", &self.device_id),
+            ("fields.locale", &self.locale),
+        ]
+    }
+
+    /// Every field has at least one non-blank name, and no name belongs to two fields.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut owner: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for (key, names) in self.lists() {
+            if names.is_empty() {
+                return Err(invalid(key, "at least one field name"));
+            }
+            for name in names {
+                if name.trim().is_empty() || name.len() > 64 {
+                    return Err(invalid(key, "names of 1 to 64 bytes, not blank"));
+                }
+                if let Some(first) = owner.insert(name, key).filter(|first| *first != key) {
+                    return Err(invalid(key, format!("the name {name:?} is already a name of {first}")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -69,6 +129,9 @@ pub struct SqsConfig {
     /// Message attribute a producer may set to an idempotency key; when present it is the dedup key
     /// instead of the SQS MessageId (so a re-sent file is not loaded twice). Empty disables it.
     pub idempotency_key_attribute: Option<String>,
+    /// `auto` unwraps SNS notifications and EventBridge events to the login inside; `none` judges
+    /// every body as it is.
+    pub envelope: crate::event::Envelope,
 }
 
 impl Default for SqsConfig {
@@ -83,6 +146,7 @@ impl Default for SqsConfig {
             access_key_id: None,
             secret_access_key: None,
             idempotency_key_attribute: Some("idempotency-key".into()),
+            envelope: crate::event::Envelope::Auto,
         }
     }
 }
@@ -181,11 +245,23 @@ impl Default for PipelineConfig {
 pub struct ValidationConfig {
     /// Accepted `device_type` values; an empty list accepts any.
     pub device_types: Vec<String>,
+    /// Largest body judged, in bytes; a larger one is quarantined as `too_large`.
+    pub max_body_bytes: usize,
+    /// Most object fields in one body, at any depth; more is `too_many_fields`.
+    pub max_fields: usize,
+    /// Deepest nesting of objects and arrays; deeper is `too_deep`.
+    pub max_depth: usize,
 }
 
 impl Default for ValidationConfig {
     fn default() -> Self {
-        ValidationConfig { device_types: crate::event::Rules::default().device_types }
+        let limits = crate::event::Limits::default();
+        ValidationConfig {
+            device_types: crate::event::Rules::default().device_types,
+            max_body_bytes: limits.max_body_bytes,
+            max_fields: limits.max_fields,
+            max_depth: limits.max_depth,
+        }
     }
 }
 
@@ -318,7 +394,37 @@ impl Config {
         if self.ledger.max_entries == 0 {
             return Err(invalid("ledger.max_entries", "at least 1 (set ledger.enabled = false for no ledger)"));
         }
+        self.validate_limits()?;
+        self.fields.validate()
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.validation;
+        if !(1024..=16 * 1024 * 1024).contains(&limits.max_body_bytes) {
+            return Err(invalid("validation.max_body_bytes", "from 1024 to 16777216 bytes"));
+        }
+        if limits.max_fields < 8 {
+            return Err(invalid("validation.max_fields", "at least 8 (a login alone has 6)"));
+        }
+        if !(2..=crate::event::MAX_DEPTH_LIMIT).contains(&limits.max_depth) {
+            return Err(invalid("validation.max_depth", format!("from 2 to {}", crate::event::MAX_DEPTH_LIMIT)));
+        }
         Ok(())
+    }
+
+    /// The validation rules this configuration sets.
+    pub fn rules(&self) -> crate::event::Rules {
+        let lists = self.fields.lists().map(|(_, names)| names);
+        crate::event::Rules {
+            device_types: self.validation.device_types.clone(),
+            fields: crate::event::FieldNames::new(lists),
+            limits: crate::event::Limits {
+                max_body_bytes: self.validation.max_body_bytes,
+                max_fields: self.validation.max_fields,
+                max_depth: self.validation.max_depth,
+            },
+            envelope: self.sqs.envelope,
+        }
     }
 
     /// The masker for the configured key: from `masking.key`, else `masking.key_file`. Refuses a
@@ -443,6 +549,43 @@ mod tests {
         config.sqs.wait_time_seconds = 21;
         let error = config.validate().unwrap_err().to_string();
         assert_eq!(error, "configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
+    }
+
+    #[test]
+    fn field_names_come_from_the_fields_table_and_bad_tables_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[fields]\nip = [\"ip\", \"ipAddress\"]\n[sqs]\nenvelope = \"none\"\n")?;
+            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let rules = config.rules();
+            assert_eq!(rules.fields.lookup("ipAddress").map(|(f, _)| f), Some(crate::event::Field::Ip));
+            assert_eq!(rules.fields.lookup("user_id").map(|(f, _)| f), Some(crate::event::Field::UserId));
+            assert_eq!(rules.envelope, crate::event::Envelope::None);
+            Ok(())
+        });
+        let mut config = Config::default();
+        config.fields.device_id = vec![];
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "configuration key `fields.device_id`: at least one field name"
+        );
+        let mut config = Config::default();
+        config.fields.device_id = vec!["device_id".into(), "ip".into()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("`fields.device_id`") && error.contains("fields.ip"), "{error}");
+    }
+
+    #[test]
+    fn caps_are_read_from_the_validation_table_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[validation]\nmax_fields = 50\nmax_depth = 8\n")?;
+            let config = Config::from_figment(Config::figment(None)).unwrap();
+            assert_eq!((config.rules().limits.max_fields, config.rules().limits.max_depth), (50, 8));
+            assert_eq!(config.rules().limits.max_body_bytes, 1024 * 1024);
+            Ok(())
+        });
+        let mut config = Config::default();
+        config.validation.max_depth = 500;
+        assert!(config.validate().unwrap_err().to_string().contains("validation.max_depth"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::event::RejectReason;
+use crate::event::{EXTRA_FIELD_LABELS, ExtraFields, RejectReason};
 
 /// The things a drain counts. Each is also exported as a Prometheus counter (see [`Counter::emit`]);
 /// labels come from fixed sets (layers, causes, reason codes), never from message content.
@@ -63,6 +63,9 @@ pub fn register_metrics() {
     for reason in RejectReason::ALL {
         metrics::counter!("pii_ingest_quarantined_total", "reason" => reason.as_str()).increment(0);
     }
+    for label in EXTRA_FIELD_LABELS {
+        metrics::counter!("pii_ingest_extra_fields_total", "field" => label).increment(0);
+    }
 }
 
 impl Counter {
@@ -99,6 +102,15 @@ impl Stats {
     pub fn add(&self, counter: Counter, n: usize) {
         self.counts[counter as usize].fetch_add(n as u64, Relaxed);
         counter.emit(n as u64);
+    }
+
+    /// Counts the extra fields of a valid login (dropped, never stored): in total, and per label of
+    /// a fixed set (`email`, `phone`, ..., `other`), never per producer-chosen name.
+    pub fn extra_fields(&self, extra: &ExtraFields) {
+        self.add(Counter::UnknownFields, extra.total());
+        for (label, n) in extra.by_label() {
+            metrics::counter!("pii_ingest_extra_fields_total", "field" => label).increment(n as u64);
+        }
     }
 
     /// Counts one quarantined message.

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::config::{Config, ConfigError};
 use crate::counters::Stats;
 use crate::db::{self, DbError};
-use crate::event::Rules;
 use crate::ledger::{Ledger, LedgerError};
 use crate::pipeline::{Pipeline, Settings};
 use crate::seal::Sealer;
@@ -67,7 +66,7 @@ pub async fn pipeline_over<S: Source>(
         ledger: Arc::new(ledger),
         masker,
         sealer,
-        rules: Rules { device_types: config.validation.device_types.clone() },
+        rules: config.rules(),
         settings,
         stats: Arc::new(Stats::default()),
     })

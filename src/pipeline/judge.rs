@@ -36,7 +36,7 @@ impl<S> Pipeline<S> {
     fn judge(&self, delivery: &Delivery) -> Verdict {
         match event::parse(&delivery.body, &self.rules) {
             Ok(login) => {
-                self.stats.add(Counter::UnknownFields, login.unknown_fields);
+                self.stats.extra_fields(&login.extra_fields);
                 Verdict::Login(NewLogin {
                     message_id: delivery.message_id.clone(),
                     masked_ip: self.masker.token(&login.ip),
@@ -71,7 +71,12 @@ impl<S> Pipeline<S> {
             reason: reject.reason.as_str().to_owned(),
             field: reject.field.map(str::to_owned),
             detail: reject.detail,
-            masked_body: self.masker.mask_body(&delivery.body),
+            // A body over a cap is not read again: only its HMAC and length are kept.
+            masked_body: if reject.reason.is_over_a_cap() {
+                None
+            } else {
+                self.masker.mask_body(&delivery.body, &self.rules)
+            },
             body_hmac: self.masker.token_bytes(&delivery.body),
             body_bytes: delivery.body.len() as i32,
             receive_count: delivery.receive_count,
