@@ -1,7 +1,6 @@
 //! Step 2, run by the receivers (so parsing and hashing overlap the writer's database work): each
 //! delivery becomes a ledger hit, a masked login row, or a quarantine record.
 
-use crate::counters::Counter;
 use crate::event::{self, Reject, RejectReason};
 use crate::sink::{NewLogin, NewQuarantined};
 use crate::source::Delivery;
