@@ -13,6 +13,7 @@
 //! the system's root certificates are used (libpq would read `~/.postgresql/root.crt`). A connection
 //! that fails is one line saying why ([`ConnectError`]); none of them quotes the URL or its password.
 
+mod binding;
 mod stream;
 mod verify;
 

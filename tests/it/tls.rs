@@ -51,3 +51,12 @@ async fn prefer_works_against_the_tls_only_server_and_the_plaintext_one() {
     connect_line(&server.url("localhost", "postgres", "")).await.unwrap();
     connect_line(&format!("{}/postgres", crate::support::server_url())).await.unwrap();
 }
+
+#[tokio::test]
+async fn scram_is_bound_to_the_tls_session() {
+    // channel_binding=require makes tokio-postgres refuse SCRAM without SCRAM-SHA-256-PLUS.
+    let server = tls_server();
+    let query = format!("{}&channel_binding=require", server.verify_full());
+    connect_line(&server.url("localhost", "postgres", &query)).await.unwrap();
+    connect_line(&server.url("localhost", "postgres", "sslmode=require&channel_binding=require")).await.unwrap();
+}

@@ -88,9 +88,12 @@ pub struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        // No tls-server-end-point binding: SCRAM then runs without channel binding, as it would
-        // with libpq's channel_binding=prefer against a server whose certificate hash is unknown.
-        ChannelBinding::none()
+        let (_, session) = self.0.get_ref();
+        let end_entity = session.peer_certificates().and_then(|chain| chain.first());
+        match end_entity.and_then(|certificate| super::binding::server_end_point(certificate)) {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
 }
 
