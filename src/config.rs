@@ -94,6 +94,9 @@ pub struct SealingConfig {
     /// Public key file from `pii-ingest keygen`. When set, raw ip and device_id are also stored
     /// sealed to it (recoverable only with the private key, which the ingester never holds).
     pub public_key_file: Option<PathBuf>,
+    /// Ids (`x25519-...`) of earlier public keys whose sealed values may still be in the tables
+    /// (before a `rekey`). `verify` accepts rows sealed to these or the current key, no other.
+    pub retired_key_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -206,6 +209,9 @@ pub struct MaskingConfig {
     pub key_file: Option<PathBuf>,
     /// Name recorded with every row; derived from the key when unset.
     pub key_id: Option<String>,
+    /// Ids of earlier masking keys whose rows may still be in the tables (before a `rekey
+    /// --tokens`). `verify` accepts rows made with these or the current key, no other.
+    pub retired_key_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -27,6 +27,7 @@
 //! | [`seed`] | load a queue from a JSONL file or with synthetic logins | SQS |
 //! | [`counters`] | counters for one drain and the reconciliation report | nothing |
 //! | [`telemetry`] | the tracing subscriber (text or JSON), error chains for logs | stderr |
+//! | [`verify`] | post-load checks over what the tables hold (`pii-ingest verify`) | Postgres (read-only) |
 //!
 //! The subcommands (`src/commands/`, one file each) belong to the binary, not to this library.
 //!
@@ -54,3 +55,4 @@ pub mod sink;
 pub mod source;
 pub mod startup;
 pub mod telemetry;
+pub mod verify;

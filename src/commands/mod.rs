@@ -19,6 +19,7 @@ mod reveal;
 mod run;
 mod seed;
 pub mod stats;
+mod verify;
 
 #[derive(Debug, Parser)]
 #[command(name = "pii-ingest", version, about = "Drain login events from SQS into Postgres exactly once, PII masked")]
@@ -56,6 +57,10 @@ pub enum Command {
     Rekey(rekey::Args),
     /// Print the effective configuration, secrets redacted.
     CheckConfig,
+    /// Check what the tables hold: token format, known key ids, required columns, create_date
+    /// against sent_at, quarantine reason codes, per-day quarantine share, and (with the keys) that
+    /// sealed values re-derive to their tokens. Exit 1 naming each failed check; never prints a value.
+    Verify(verify::Args),
 }
 
 impl Command {
@@ -71,6 +76,7 @@ impl Command {
             Command::Reveal(args) => reveal::run(args, &config).await,
             Command::Rekey(args) => rekey::run(args, &config).await,
             Command::CheckConfig => Ok(check_config::run(&config)),
+            Command::Verify(args) => verify::run(args, &config).await,
         }
     }
 }
