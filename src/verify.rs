@@ -38,7 +38,7 @@ pub enum VerifyError {
     Connect {
         url: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::db::tls::ConnectError,
     },
     #[error("Postgres query failed: {what}")]
     Query {
@@ -145,10 +145,8 @@ pub async fn verify(url: &str, options: &Options) -> Result<Report, VerifyError>
 }
 
 async fn connect(url: &str) -> Result<Client, VerifyError> {
-    let redacted = || crate::config::redact_url_password(url);
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|source| VerifyError::Connect { url: redacted(), source })?;
+    let failed = |source| VerifyError::Connect { url: crate::config::redact_url_password(url), source };
+    let (client, connection) = crate::db::tls::Target::parse(url).map_err(failed)?.connect().await.map_err(failed)?;
     tokio::spawn(connection);
     Ok(client)
 }
