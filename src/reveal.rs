@@ -1,7 +1,8 @@
 //! Recovering raw PII, for authorised people only: [`reveal`] opens the sealed `ip` and `device_id`
 //! of selected rows with the private key, and records who, when, why and which rows in
 //! `reveal_audit` in the same transaction, before anything is returned. A reveal that cannot be
-//! audited reveals nothing. (Key rotation is `rekey.rs`.)
+//! audited reveals nothing. (Key rotation is `rekey.rs`.) [`reveal_quarantined`] does the same for
+//! the sealed raw body of a quarantined message.
 //!
 //! Raw values live only in the returned structs, printed by the CLI for the person who asked; they
 //! are never logged.
@@ -10,7 +11,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::db::DbError;
-use crate::schema::{reveal_audit, user_logins};
+use crate::schema::{quarantined_messages, reveal_audit, user_logins};
 use crate::seal::{Opener, SealError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,10 @@ pub enum RevealError {
     Seal(#[from] SealError),
     #[error("a reason is required for every reveal (--reason)")]
     NoReason,
+    #[error("no quarantined message has message_id {0}")]
+    NotQuarantined(String),
+    #[error("quarantined message {0} was quarantined without sealing: nothing raw was kept")]
+    NotSealed(String),
 }
 
 /// Which rows to reveal.
@@ -111,6 +116,57 @@ fn open_row(opener: &Opener, (message_id, user_id, ip, device_id, key_id): Seale
         }
     };
     Ok(Revealed { message_id, user_id, ip: open(ip)?, device_id: open(device_id)? })
+}
+
+/// The raw body of a quarantined message, as the producer sent it.
+pub struct RevealedBody {
+    pub message_id: String,
+    /// The quarantine reason code.
+    pub reason: String,
+    pub body: Vec<u8>,
+}
+
+/// Opens the sealed body of the quarantined message `message_id` and audits the reveal (selector
+/// `quarantined:message_id=...`) in the same transaction, before anything is returned.
+pub async fn reveal_quarantined(
+    url: &str,
+    opener: &Opener,
+    message_id: &str,
+    who: &str,
+    reason: &str,
+) -> Result<RevealedBody, RevealError> {
+    if reason.trim().is_empty() {
+        return Err(RevealError::NoReason);
+    }
+    let mut conn = connect(url).await?;
+    conn.transaction(async |conn| {
+        let row: Option<(String, Option<Vec<u8>>, Option<String>)> = quarantined_messages::table
+            .filter(quarantined_messages::message_id.eq(message_id))
+            .select((
+                quarantined_messages::reason,
+                quarantined_messages::body_sealed,
+                quarantined_messages::seal_key_id,
+            ))
+            .first(conn)
+            .await
+            .optional()?;
+        let (quarantine_reason, sealed, key_id) = row.ok_or_else(|| RevealError::NotQuarantined(message_id.into()))?;
+        let (Some(sealed), Some(key_id)) = (sealed, key_id) else {
+            return Err(RevealError::NotSealed(message_id.into()));
+        };
+        let body = opener.open_bytes(&sealed, &key_id)?;
+        diesel::insert_into(reveal_audit::table)
+            .values((
+                reveal_audit::who.eq(who),
+                reveal_audit::reason.eq(reason),
+                reveal_audit::selector.eq(format!("quarantined:message_id={message_id}")),
+                reveal_audit::message_ids.eq(vec![Some(message_id.to_owned())]),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(RevealedBody { message_id: message_id.to_owned(), reason: quarantine_reason, body })
+    })
+    .await
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {

@@ -27,6 +27,9 @@ diesel::table! {
         quarantined_at -> Timestamptz,
         #[max_length = 64]
         mask_key_id -> Varchar,
+        body_sealed -> Nullable<Bytea>,
+        #[max_length = 64]
+        seal_key_id -> Nullable<Varchar>,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `pii-ingest reveal`: print the raw ip and device_id of selected rows, for a stated reason; every
-//! reveal is recorded in `reveal_audit` before anything is printed.
+//! reveal is recorded in `reveal_audit` before anything is printed. With `--quarantined`, the raw
+//! body of a quarantined message instead, as one line that `replay` takes back.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ pub struct Args {
     /// A masked_device_id token.
     #[arg(long, group = "selector")]
     masked_device_id: Option<String>,
+    /// Reveal the sealed raw body of the quarantined message --message-id (one line on stdout, for
+    /// `replay --file`), instead of a row's ip and device_id.
+    #[arg(long, requires = "message_id")]
+    quarantined: bool,
     /// At most this many rows.
     #[arg(long, default_value_t = 100)]
     limit: i64,
@@ -37,6 +42,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    if args.quarantined {
+        return quarantined(args, config).await;
+    }
     let selector = match (args.message_id, args.user_id, args.masked_ip, args.masked_device_id) {
         (Some(v), ..) => Selector::MessageId(v),
         (_, Some(v), ..) => Selector::UserId(v),
@@ -45,7 +53,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires one selector"),
     };
     let opener = Opener::from_file(&args.private_key_file)?;
-    let who = args.who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+    let who = who(args.who);
     let reason = args.reason;
     let rows =
         pii_ingest::reveal::reveal(config.postgres.url.expose(), &opener, &selector, &who, &reason, args.limit).await?;
@@ -54,6 +62,42 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         print_table(&rows);
         eprintln!("{} row(s) revealed; recorded in reveal_audit ({who}: {reason})", rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn who(args_who: Option<String>) -> String {
+    args_who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
+}
+
+async fn quarantined(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let opener = Opener::from_file(&args.private_key_file)?;
+    let (who, reason) = (who(args.who), args.reason);
+    let message_id = args.message_id.expect("clap requires --message-id with --quarantined");
+    let revealed =
+        pii_ingest::reveal::reveal_quarantined(config.postgres.url.expose(), &opener, &message_id, &who, &reason)
+            .await?;
+    let mut body = revealed.body;
+    // Raw line breaks in a JSON body are only white space: replaced, the body stays one JSONL line.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+        body.iter_mut().filter(|b| matches!(**b, b'\n' | b'\r')).for_each(|b| *b = b' ');
+    }
+    if args.json {
+        let shown = serde_json::json!({
+            "message_id": revealed.message_id,
+            "quarantine_reason": revealed.reason,
+            "body": String::from_utf8_lossy(&body),
+        });
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&body)?;
+        out.write_all(b"\n")?;
+        eprintln!(
+            "quarantined body of {message_id} ({}) revealed; recorded in reveal_audit ({who}: {reason})",
+            revealed.reason
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

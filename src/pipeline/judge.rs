@@ -81,6 +81,9 @@ impl<S> Pipeline<S> {
             receive_count: delivery.receive_count,
             sent_at: delivery.sent_at,
             mask_key_id: self.masker.key_id().to_owned(),
+            // With sealing, the raw body is kept recoverable for the private key's holders only.
+            body_sealed: self.sealer.as_ref().map(|s| s.seal_bytes(&delivery.body)),
+            seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
         }
     }
 }

@@ -68,8 +68,9 @@ const TABLE_TYPES: [Type; 13] = [
 ];
 
 const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
-    (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id,
+     body_sealed, seal_key_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
 
 /// Binary COPY of login rows into `table`, a table shaped like `user_logins` (also the bare-COPY
@@ -203,7 +204,7 @@ async fn write_batch(
     if !quarantined.is_empty() {
         let statement = tx.prepare(INSERT_QUARANTINED).await?;
         for q in quarantined {
-            let params: [&(dyn ToSql + Sync); 10] = [
+            let params: [&(dyn ToSql + Sync); 12] = [
                 &q.message_id,
                 &q.reason,
                 &q.field,
@@ -214,6 +215,8 @@ async fn write_batch(
                 &q.receive_count,
                 &q.sent_at,
                 &q.mask_key_id,
+                &q.body_sealed,
+                &q.seal_key_id,
             ];
             if let Some(row) = tx.query_opt(&statement, &params).await? {
                 written.quarantined.insert(row.get(0));

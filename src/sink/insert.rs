@@ -18,7 +18,7 @@ use crate::schema::{quarantined_messages, user_logins};
 /// Postgres takes at most 65,535 bind parameters per statement; rows per INSERT stay under it.
 const MAX_BIND_PARAMS: usize = 65_535;
 const LOGIN_COLUMNS: usize = 13;
-const QUARANTINE_COLUMNS: usize = 10;
+const QUARANTINE_COLUMNS: usize = 12;
 
 /// A `user_logins` row, PII already masked.
 #[derive(Debug, Clone, Insertable)]
@@ -55,6 +55,9 @@ pub struct NewQuarantined {
     pub receive_count: i32,
     pub sent_at: DateTime<Utc>,
     pub mask_key_id: String,
+    /// The raw body sealed to the sealing public key; `None` without sealing.
+    pub body_sealed: Option<Vec<u8>>,
+    pub seal_key_id: Option<String>,
 }
 
 /// The ids one transaction inserted, per table.

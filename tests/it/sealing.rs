@@ -195,3 +195,91 @@ async fn db_drop_role(role: &str) {
     let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", server_url())).await.unwrap();
     diesel::sql_query(format!("DROP ROLE IF EXISTS {role}")).execute(&mut conn).await.unwrap();
 }
+
+/// The one `message_id` of `quarantined_messages`.
+async fn quarantined_id(db: &TestDb) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        message_id: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let ids: Vec<Id> =
+        diesel::sql_query("SELECT message_id FROM quarantined_messages").load(&mut db.conn().await).await.unwrap();
+    assert_eq!(ids.len(), 1);
+    ids.into_iter().next().unwrap().message_id
+}
+
+#[tokio::test]
+async fn a_quarantined_body_is_sealed_revealed_with_an_audit_and_replayed_once_its_names_are_configured() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (public, private) = keygen(&dir.path().join("keys"));
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
+    // A camelCase producer: quarantined under the default field names.
+    let camel = r#"{"userId":"u-camel","appVersion":"1.0","deviceType":"ios","ipAddress":"203.0.113.77","deviceId":"777-66-5555"}"#;
+    queue.send_bodies([camel]).await;
+    ok(pii_ingest(&env, &["run", "--until-empty"]));
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'missing_field' AND body_sealed IS NOT NULL AND seal_key_id LIKE 'x25519-%' AND position('203.0.113.77' in masked_body) = 0").await, 1);
+    let id = quarantined_id(&db).await;
+
+    let args = ["reveal", "--private-key-file", &private, "--reason", "INC-77", "--who", "bob", "--quarantined"];
+    let revealed = ok(pii_ingest(&env, &[&args[..], &["--message-id", &id]].concat()));
+    assert_eq!(revealed, format!("{camel}\n"), "the body exactly as the producer sent it");
+    let audited = format!(
+        "SELECT count(*) AS n FROM reveal_audit WHERE who = 'bob' AND reason = 'INC-77' AND selector = 'quarantined:message_id={id}' AND message_ids = ARRAY['{id}']"
+    );
+    assert_eq!(db.count(&audited).await, 1);
+
+    // The fix: accept the camelCase names, then replay what was revealed.
+    let mut fixed = env.clone();
+    for (field, camel) in [
+        ("USER_ID", "userId"),
+        ("APP_VERSION", "appVersion"),
+        ("DEVICE_TYPE", "deviceType"),
+        ("IP", "ipAddress"),
+        ("DEVICE_ID", "deviceId"),
+    ] {
+        fixed = with(
+            &fixed,
+            &format!("PII_INGEST__FIELDS__{field}"),
+            &format!("[\"{}\", \"{camel}\"]", field.to_lowercase()),
+        );
+    }
+    let recovered = dir.path().join("recovered.jsonl");
+    std::fs::write(&recovered, revealed).unwrap();
+    ok(pii_ingest(&fixed, &["replay", "--file", recovered.to_str().unwrap()]));
+    let token = crate::support::masker().token("203.0.113.77");
+    assert_eq!(
+        db.count(&format!("SELECT count(*) AS n FROM user_logins WHERE user_id = 'u-camel' AND masked_ip = '{token}'"))
+            .await,
+        1
+    );
+    db.drop().await;
+    queue.delete().await;
+}
+
+#[tokio::test]
+async fn without_sealing_a_quarantined_body_keeps_nothing_raw_and_reveal_says_so() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, private) = keygen(&dir.path().join("keys"));
+    let env = binary_env(&db, &queue, dir.path());
+    queue.send_bodies(["not json 203.0.113.78"]).await;
+    ok(pii_ingest(&env, &["run", "--until-empty"]));
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_sealed IS NULL AND masked_body IS NULL")
+            .await,
+        1
+    );
+    let id = quarantined_id(&db).await;
+    let output = pii_ingest(
+        &env,
+        &["reveal", "--private-key-file", &private, "--reason", "r", "--quarantined", "--message-id", &id],
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("without sealing: nothing raw was kept"));
+    assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 0);
+    db.drop().await;
+    queue.delete().await;
+}
