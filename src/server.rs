@@ -41,6 +41,10 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
         )?
         .install_recorder()?;
     crate::counters::register_metrics();
+    metrics::describe_gauge!(
+        "pii_ingest_dependency_up",
+        "1 when the dependency answered the last readiness check within 2 s, else 0 (what /readyz reports)"
+    );
     Ok(handle)
 }
 

@@ -29,6 +29,7 @@ async fn metrics_health_and_readiness_are_served_while_running() {
         .expect("metrics never showed pii_ingest_dependency_up");
     assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="sqs"} 1"#), "{metrics}");
+    assert!(metrics.contains("# HELP pii_ingest_dependency_up 1 when the dependency answered"), "{metrics}");
     assert_eq!(get(&addr, "/healthz").map(|r| r.0), Some(200));
     let (status, body) = get(&addr, "/readyz").unwrap();
     assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
