@@ -135,6 +135,12 @@ pub struct SqsConfig {
     /// `auto` unwraps SNS notifications and EventBridge events to the login inside; `none` judges
     /// every body as it is.
     pub envelope: crate::event::Envelope,
+    /// Longest one HTTP attempt of an SQS call may take, in seconds; a receive gets its long-poll
+    /// wait on top. A connection that stops answering is abandoned and the call retried.
+    pub attempt_timeout_seconds: u64,
+    /// Longest an SQS call may take with all its retries, in seconds; a receive gets its long-poll
+    /// wait on top.
+    pub operation_timeout_seconds: u64,
 }
 
 impl Default for SqsConfig {
@@ -150,6 +156,8 @@ impl Default for SqsConfig {
             secret_access_key: None,
             idempotency_key_attribute: Some("idempotency-key".into()),
             envelope: crate::event::Envelope::Auto,
+            attempt_timeout_seconds: 10,
+            operation_timeout_seconds: 30,
         }
     }
 }
@@ -162,6 +170,17 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// `copy` (COPY into a staging table, the fast default) or `insert` (multi-row INSERT).
     pub write_method: crate::sink::WriteMethod,
+    /// Longest a new connection may take, handshake included, in seconds.
+    pub connect_timeout_seconds: u64,
+    /// Server-side `statement_timeout` of the ingester's sessions, in seconds.
+    pub statement_timeout_seconds: u64,
+    /// Server-side `idle_in_transaction_session_timeout` of the ingester's sessions, in seconds.
+    pub idle_in_transaction_timeout_seconds: u64,
+    /// Client-side limit on one write transaction, in seconds: a connection that stops answering
+    /// (a network that drops packets without closing) is dropped after it and the batch retried.
+    pub write_timeout_seconds: u64,
+    /// Idle time before TCP keepalive probes start on a Postgres connection, in seconds.
+    pub keepalive_idle_seconds: u64,
 }
 
 impl Default for PostgresConfig {
@@ -170,7 +189,33 @@ impl Default for PostgresConfig {
             url: Secret("postgres://postgres@127.0.0.1:5432/pii_ingest".into()),
             pool_size: 4,
             write_method: crate::sink::WriteMethod::default(),
+            connect_timeout_seconds: 10,
+            statement_timeout_seconds: 30,
+            idle_in_transaction_timeout_seconds: 60,
+            write_timeout_seconds: 60,
+            keepalive_idle_seconds: 30,
         }
+    }
+}
+
+impl PostgresConfig {
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("postgres.connect_timeout_seconds", self.connect_timeout_seconds),
+            ("postgres.statement_timeout_seconds", self.statement_timeout_seconds),
+            ("postgres.idle_in_transaction_timeout_seconds", self.idle_in_transaction_timeout_seconds),
+            ("postgres.keepalive_idle_seconds", self.keepalive_idle_seconds),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(invalid(key, "at least 1 second"));
+        }
+        if self.write_timeout_seconds < self.statement_timeout_seconds {
+            return Err(invalid(
+                "postgres.write_timeout_seconds",
+                "at least postgres.statement_timeout_seconds (the server cancels a slow statement first)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +276,9 @@ pub struct PipelineConfig {
     /// Delete rejected messages once quarantined. Set false to leave them for the queue's redrive
     /// policy (a dead-letter queue); the quarantine record is written either way.
     pub delete_rejected: bool,
+    /// `/healthz` turns 503 when no message has reached its fate for this many seconds while
+    /// work is waiting (messages in hand, or visible in the queue).
+    pub stall_seconds: u64,
 }
 
 impl Default for PipelineConfig {
@@ -242,6 +290,7 @@ impl Default for PipelineConfig {
             flush_interval_ms: 50,
             delete_concurrency: 8,
             delete_rejected: true,
+            stall_seconds: 300,
         }
     }
 }
@@ -364,6 +413,12 @@ impl Config {
                 "both sqs.access_key_id and sqs.secret_access_key, or neither",
             ));
         }
+        if sqs.attempt_timeout_seconds == 0 {
+            return Err(invalid("sqs.attempt_timeout_seconds", "at least 1 second"));
+        }
+        if sqs.operation_timeout_seconds < sqs.attempt_timeout_seconds {
+            return Err(invalid("sqs.operation_timeout_seconds", "at least sqs.attempt_timeout_seconds"));
+        }
         if sqs.region.trim().is_empty() {
             return Err(invalid("sqs.region", "an AWS region such as us-east-1"));
         }
@@ -375,6 +430,7 @@ impl Config {
         if self.postgres.pool_size == 0 {
             return Err(invalid("postgres.pool_size", "at least 1"));
         }
+        self.postgres.validate_timeouts()?;
         let p = &self.pipeline;
         if p.receivers == 0 {
             return Err(invalid("pipeline.receivers", "at least 1"));
@@ -390,6 +446,9 @@ impl Config {
         }
         if p.delete_concurrency == 0 {
             return Err(invalid("pipeline.delete_concurrency", "at least 1"));
+        }
+        if p.stall_seconds == 0 {
+            return Err(invalid("pipeline.stall_seconds", "at least 1 second"));
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid("metrics.listen", "an address such as 127.0.0.1:9898, or \"\" to disable"));

@@ -127,6 +127,18 @@ impl Stats {
         self.get(Received).saturating_sub(settled)
     }
 
+    /// A number that grows whenever a delivery reaches a fate (written, quarantined, found a
+    /// duplicate, deleted): the watchdog's sign of progress.
+    pub fn progress(&self) -> u64 {
+        use Counter::*;
+        let fates: u64 = self.quarantined.iter().map(|q| q.load(Relaxed)).sum();
+        fates
+            + [Written, DuplicateInBatch, DuplicateLedger, DuplicateDatabase, Deleted, LeftForRedrive]
+                .iter()
+                .map(|&c| self.get(c))
+                .sum::<u64>()
+    }
+
     fn get(&self, counter: Counter) -> u64 {
         self.counts[counter as usize].load(Relaxed)
     }

@@ -1,5 +1,8 @@
 //! Database plumbing: the connection pool, the embedded migrations (the same files `diesel migration
-//! run` applies), and creating the database itself when it is missing.
+//! run` applies), creating the database itself when it is missing, and the session limits every
+//! connection of the ingester carries (connect and statement timeouts, TCP keepalives).
+
+use std::time::Duration;
 
 pub mod tls;
 
@@ -43,6 +46,51 @@ pub enum DbError {
     },
     #[error("database name in {0} must be letters, digits and underscores")]
     BadName(String),
+}
+
+/// Limits on every session the ingester opens, carried in its connection string so that each
+/// connection (pool, COPY writers, `/readyz`) gets them however it is made. Migrations do not use
+/// them: building an index on a large table may rightly take longer than a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// TCP connect (per address tried).
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// Server-side `idle_in_transaction_session_timeout`: a session that holds a transaction open
+    /// and goes quiet (a client that died mid-write) releases its locks after this.
+    pub idle_in_transaction_timeout: Duration,
+    /// Idle time before TCP keepalive probes, so a dead peer is eventually noticed.
+    pub keepalive_idle: Duration,
+}
+
+/// `url` with `limits` added as connection parameters (libpq names, which tokio-postgres reads). Any
+/// `options` already in `url` are kept, ahead of ours.
+pub fn with_session_limits(url: &str, limits: &SessionLimits) -> String {
+    let settings = format!(
+        "-c%20statement_timeout%3D{}%20-c%20idle_in_transaction_session_timeout%3D{}",
+        limits.statement_timeout.as_millis(),
+        limits.idle_in_transaction_timeout.as_millis()
+    );
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = Vec::new();
+    let mut had_options = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.strip_prefix("options=") {
+            Some(existing) => {
+                had_options = true;
+                params.push(format!("options={existing}%20{settings}"));
+            }
+            None => params.push(pair.to_owned()),
+        }
+    }
+    if !had_options {
+        params.push(format!("options={settings}"));
+    }
+    params.push(format!("connect_timeout={}", limits.connect_timeout.as_secs().max(1)));
+    params.push("keepalives=1".to_owned());
+    params.push(format!("keepalives_idle={}", limits.keepalive_idle.as_secs().max(1)));
+    format!("{base}?{}", params.join("&"))
 }
 
 /// A pool of at most `size` connections to `url`.
@@ -146,6 +194,38 @@ fn split_database(url: &str) -> Result<(String, String), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            keepalive_idle: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn session_limits_are_added_to_the_url_and_parse() {
+        let url = with_session_limits("postgres://u@h:5432/db", &limits());
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(
+            config.get_options(),
+            Some("-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000")
+        );
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(10)));
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(config.get_dbname(), Some("db"));
+    }
+
+    #[test]
+    fn session_limits_keep_options_and_parameters_already_in_the_url() {
+        let url = with_session_limits("postgres://u@h/db?sslmode=disable&options=-c%20search_path%3Dx", &limits());
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let options = config.get_options().unwrap();
+        assert!(options.starts_with("-c search_path=x -c statement_timeout=30000"), "{options}");
+        assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+    }
 
     #[test]
     fn database_name_is_split_from_the_url() {

@@ -10,7 +10,7 @@ use crate::db::{self, DbError};
 use crate::ledger::{Ledger, LedgerError};
 use crate::pipeline::{Pipeline, Settings};
 use crate::seal::Sealer;
-use crate::sink::{CopySink, PgSink, Sink, WriteMethod};
+use crate::sink::{CopySink, PgSink, Sink, WriteLimits, WriteMethod};
 use crate::source::{Source, SourceError, SqsSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +46,13 @@ pub async fn pipeline_over<S: Source>(
     let sealer = config.sealing.public_key_file.as_deref().map(Sealer::from_file).transpose()?;
     let url = config.postgres.url.expose();
     db::check_migrated(url).await?;
+    let session_url = session_url(config);
+    let limits = write_limits(config);
     let sink = match config.postgres.write_method {
-        WriteMethod::Insert => Sink::Insert(PgSink::new(db::pool(url, config.postgres.pool_size)?)),
-        WriteMethod::Copy => Sink::Copy(CopySink::new(url, settings.writers)),
+        WriteMethod::Insert => {
+            Sink::Insert(PgSink::new(db::pool(&session_url, config.postgres.pool_size)?).with_limits(limits))
+        }
+        WriteMethod::Copy => Sink::Copy(CopySink::new(&session_url, settings.writers).with_limits(limits)),
     };
     let ledger = open_ledger(config).await?;
     ledger.bind(&db::database_id(url).await?)?;
@@ -70,6 +74,26 @@ pub async fn pipeline_over<S: Source>(
         settings,
         stats: Arc::new(Stats::default()),
     })
+}
+
+/// The Postgres URL with the configured session limits: what the ingester's own connections use.
+pub fn session_url(config: &Config) -> String {
+    let p = &config.postgres;
+    let limits = db::SessionLimits {
+        connect_timeout: Duration::from_secs(p.connect_timeout_seconds),
+        statement_timeout: Duration::from_secs(p.statement_timeout_seconds),
+        idle_in_transaction_timeout: Duration::from_secs(p.idle_in_transaction_timeout_seconds),
+        keepalive_idle: Duration::from_secs(p.keepalive_idle_seconds),
+    };
+    db::with_session_limits(p.url.expose(), &limits)
+}
+
+/// The sinks' client-side limits from the configuration.
+pub fn write_limits(config: &Config) -> WriteLimits {
+    WriteLimits {
+        connect: Duration::from_secs(config.postgres.connect_timeout_seconds),
+        write: Duration::from_secs(config.postgres.write_timeout_seconds),
+    }
 }
 
 /// Opens (or moves aside and recreates) the ledger, then prunes entries past retention.

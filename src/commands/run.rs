@@ -31,11 +31,17 @@ pub async fn run(Args { until_empty, json }: Args, config: Config) -> anyhow::Re
     if let Some(handle) = recorder {
         // validate() checked that the address parses.
         let listen = config.metrics.listen.parse().expect("metrics.listen was validated");
-        let (source, ledger) = ((*pipeline.source).clone(), pipeline.ledger.clone());
+        let served = server::Served {
+            metrics: handle,
+            source: (*pipeline.source).clone(),
+            ledger: pipeline.ledger.clone(),
+            postgres_url: startup::session_url(&config),
+            stats: pipeline.stats.clone(),
+            stall: std::time::Duration::from_secs(config.pipeline.stall_seconds),
+        };
         // A second ingester on the same host finds the port taken: it runs on, without /metrics,
         // rather than refusing to drain.
-        if let Err(error) = server::serve(listen, handle, source, ledger, config.postgres.url.expose().to_owned()).await
-        {
+        if let Err(error) = server::serve(listen, served).await {
             tracing::warn!(listen = %listen, error = %error, "metrics.listen is unavailable; running without /metrics, /healthz, /readyz");
         }
     }

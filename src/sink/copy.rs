@@ -21,6 +21,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
+use super::WriteLimits;
 use super::insert::{NewLogin, NewQuarantined, SinkError, Written};
 
 /// Staging columns are unbounded `text`, so COPY itself never fails on a length; the INSERT applies
@@ -114,58 +115,96 @@ async fn copy_rows(
     Ok(())
 }
 
+/// One COPY connection: the client, and the task that drives its socket (aborted when the
+/// connection is given up, so a connection stuck on a dead network does not linger).
+struct Connection {
+    client: Client,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
 /// Writes batches through COPY on one connection.
 pub struct CopySink {
     url: String,
     /// One connection per concurrent writer; a writer takes a free one.
-    clients: Vec<Mutex<Option<Client>>>,
+    clients: Vec<Mutex<Option<Connection>>>,
+    limits: WriteLimits,
 }
 
 impl CopySink {
     /// A sink for `url` with up to `connections` concurrent writes; it connects on first use.
     pub fn new(url: &str, connections: usize) -> Self {
-        CopySink { url: url.to_owned(), clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect() }
+        CopySink {
+            url: url.to_owned(),
+            clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
+            limits: WriteLimits::default(),
+        }
+    }
+
+    /// The same sink with other client-side limits.
+    pub fn with_limits(self, limits: WriteLimits) -> Self {
+        CopySink { limits, ..self }
     }
 
     /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
+    /// A connection that fails, times out or finds the database read-only is dropped; the next write
+    /// connects afresh.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut slot = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
             Some(slot) => slot,
             None => self.clients[0].lock().await,
         };
-        if slot.as_ref().is_none_or(Client::is_closed) {
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = Some(self.connect().await?);
         }
-        let client = slot.as_mut().expect("connected just above");
-        let result = write_batch(client, logins, quarantined).await;
-        if result.is_err() && client.is_closed() {
+        let connection = slot.as_mut().expect("connected just above");
+        let write = write_batch(&mut connection.client, logins, quarantined);
+        let result = match tokio::time::timeout(self.limits.write, write).await {
+            Ok(result) => result.map_err(SinkError::Copy),
+            Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
+        };
+        if result.as_ref().is_err_and(|e| e.drops_connection()) || connection.client.is_closed() {
             *slot = None;
         }
-        result.map_err(SinkError::Copy)
+        result
     }
 
     /// Whether the server answers a trivial query.
     pub async fn ping(&self) -> bool {
-        match tokio_postgres::connect(&self.url, NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                client.simple_query("SELECT 1").await.is_ok()
-            }
-            Err(_) => false,
+        let ping = async {
+            let connection = self.connect_plain().await.ok()?;
+            connection.client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(tokio::time::timeout(self.limits.connect, ping).await, Ok(Some(_)))
+    }
+
+    async fn connect(&self) -> Result<Connection, SinkError> {
+        let connect = async {
+            let connection = self.connect_plain().await?;
+            connection.client.batch_execute(CREATE_STAGING).await?;
+            Ok(connection)
+        };
+        match tokio::time::timeout(self.limits.connect, connect).await {
+            Ok(connection) => connection.map_err(SinkError::Copy),
+            Err(_) => Err(SinkError::Timeout { what: "connect", after: self.limits.connect }),
         }
     }
 
-    async fn connect(&self) -> Result<Client, SinkError> {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.map_err(SinkError::Copy)?;
+    async fn connect_plain(&self) -> Result<Connection, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
         // The connection task ends when the client is dropped or the server goes away; the next
         // write then sees a closed client and reconnects.
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "COPY sink connection closed");
             }
         });
-        client.batch_execute(CREATE_STAGING).await.map_err(SinkError::Copy)?;
-        Ok(client)
+        Ok(Connection { client, driver: driver.abort_handle() })
     }
 }
 

@@ -84,13 +84,15 @@ pub enum SinkError {
     Query(#[source] DieselError),
     #[error("Postgres refused the COPY write")]
     Copy(#[source] tokio_postgres::Error),
+    #[error("Postgres did not answer the {what} within {after:?}; the connection is dropped")]
+    Timeout { what: &'static str, after: std::time::Duration },
 }
 
 impl SinkError {
     /// Retry or split: the single decision point for database failures.
     pub fn disposition(&self) -> Disposition {
         let error = match self {
-            SinkError::Pool(_) => return Disposition::Retry,
+            SinkError::Pool(_) | SinkError::Timeout { .. } => return Disposition::Retry,
             SinkError::Copy(error) => return copy_disposition(error),
             SinkError::Query(error) => error,
         };
@@ -112,11 +114,28 @@ impl SinkError {
         }
     }
 
+    /// Whether the database refused to write because it is read-only (SQLSTATE 25006: the address
+    /// leads to a replica, or `default_transaction_read_only` is on).
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            SinkError::Query(DieselError::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _)) => true,
+            SinkError::Copy(error) => error.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+            _ => false,
+        }
+    }
+
+    /// Whether the connection that failed must not be used again: it stopped answering, or it is
+    /// bound to a server that is read-only (after a failover, a new connection finds the primary).
+    pub fn drops_connection(&self) -> bool {
+        matches!(self, SinkError::Timeout { .. }) || self.is_read_only()
+    }
+
     /// A short, value-free description for logs and quarantine details. Postgres' own message is
     /// used only for its kind and column/constraint names, because its detail may quote values.
     pub fn summary(&self) -> String {
         match self {
             SinkError::Pool(e) => format!("no connection: {e}"),
+            SinkError::Timeout { .. } => self.to_string(),
             SinkError::Query(DieselError::DatabaseError(kind, info)) => {
                 let mut text = format!("{kind:?}");
                 if let Some(c) = info.constraint_name() {
@@ -188,25 +207,52 @@ fn copy_disposition(error: &tokio_postgres::Error) -> Disposition {
 #[derive(Clone)]
 pub struct PgSink {
     pool: PgPool,
+    limits: super::WriteLimits,
 }
 
 impl PgSink {
     pub fn new(pool: PgPool) -> Self {
-        PgSink { pool }
+        PgSink { pool, limits: super::WriteLimits::default() }
+    }
+
+    /// The same sink with other client-side limits.
+    pub fn with_limits(self, limits: super::WriteLimits) -> Self {
+        PgSink { limits, ..self }
     }
 
     /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
+    /// A connection that times out or finds the database read-only is dropped, not returned to the pool.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
-        let mut conn = self.pool.get().await.map_err(SinkError::Pool)?;
-        conn.transaction(async |conn| insert_all(conn, logins, quarantined).await).await.map_err(SinkError::Query)
+        let mut conn = self.connection().await?;
+        let write = conn.transaction(async |conn| insert_all(conn, logins, quarantined).await);
+        let result = match tokio::time::timeout(self.limits.write, write).await {
+            Ok(result) => result.map_err(SinkError::Query),
+            Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
+        };
+        if result.as_ref().is_err_and(SinkError::drops_connection) {
+            drop(diesel_async::pooled_connection::deadpool::Object::take(conn));
+        }
+        result
     }
 
     /// Whether the server answers a trivial query (used before blaming a row for a failure).
     pub async fn ping(&self) -> bool {
-        let Ok(mut conn) = self.pool.get().await else {
+        let Ok(mut conn) = self.connection().await else {
             return false;
         };
-        diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+        let ping = diesel::sql_query("SELECT 1").execute(&mut conn);
+        matches!(tokio::time::timeout(self.limits.connect, ping).await, Ok(Ok(_)))
+    }
+
+    /// A pooled connection within the connect limit (a pooled one is pinged first, which a dead
+    /// network would hang).
+    async fn connection(
+        &self,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, SinkError> {
+        match tokio::time::timeout(self.limits.connect, self.pool.get()).await {
+            Ok(conn) => conn.map_err(SinkError::Pool),
+            Err(_) => Err(SinkError::Timeout { what: "connect", after: self.limits.connect }),
+        }
     }
 }
 

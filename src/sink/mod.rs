@@ -2,6 +2,11 @@
 //! staging table ([`CopySink`]). Both write a batch in one transaction with
 //! `ON CONFLICT (message_id) DO NOTHING` and return the ids they inserted; the pipeline cannot tell
 //! them apart. The module boundary keeps SQL out of the pipeline.
+//!
+//! Both bound every connect and every write transaction on the client side ([`WriteLimits`]): a
+//! connection that stops answering without closing (a dropped network) is abandoned, and so is one
+//! that finds the database read-only (a failover left it on a replica), so the next write connects
+//! afresh, to whatever primary the address now names.
 
 pub mod copy;
 pub mod insert;
@@ -11,6 +16,21 @@ pub use insert::{Disposition, NewLogin, NewQuarantined, PgSink, SinkError, Writt
 
 /// Most rows the pipeline puts in one transaction (config `pipeline.batch_max_rows` is capped here).
 pub const MAX_ROWS_PER_TRANSACTION: usize = 5000;
+
+/// Client-side bounds on a sink's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// A new connection, handshake included.
+    pub connect: std::time::Duration,
+    /// One write transaction, from BEGIN to COMMIT's answer.
+    pub write: std::time::Duration,
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        WriteLimits { connect: std::time::Duration::from_secs(10), write: std::time::Duration::from_secs(60) }
+    }
+}
 
 /// How rows are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -12,6 +12,10 @@ use chrono::{DateTime, Utc};
 pub use file::FileSource;
 pub use sqs::SqsSource;
 
+/// The largest body SQS delivers (1 MiB, `MaximumMessageSize`'s ceiling): what the pipeline's byte
+/// budget reserves per message it asks for.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// One delivery of one message. A redelivery is a new `Delivery` with the same `message_id` and a new
 /// receipt handle.
 #[derive(Clone)]
@@ -44,6 +48,11 @@ pub enum SourceError {
     QueueNotFound(String),
     #[error("reading the replay file failed")]
     File(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "queue {0} is a FIFO queue, which pii-ingest does not consume: its parallel writers would not keep \
+         a message group's order (use a standard queue; see docs/fifo.md)"
+    )]
+    FifoUnsupported(String),
     #[error("SQS {operation} failed")]
     Sqs {
         operation: &'static str,

@@ -1,7 +1,13 @@
 //! The SQS implementation of [`Source`]: long-poll receives of 10 with the system attributes the
-//! pipeline needs, batch deletes whose every entry is checked, and the queue attributes that tell
-//! whether it is drained.
+//! pipeline needs, batch deletes and visibility changes whose every entry is checked, and the queue
+//! attributes that tell whether it is drained.
+//!
+//! Every call has an attempt and an operation timeout (`sqs.attempt_timeout_seconds`,
+//! `sqs.operation_timeout_seconds`; a receive gets its long-poll wait on top), so a connection that
+//! stops answering fails the call instead of hanging it. FIFO queues are refused at connect: the
+//! pipeline's parallel receivers and writers do not keep a message group's order.
 
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
 use std::time::Duration;
 
@@ -27,6 +33,8 @@ pub struct SqsSource {
     idempotency_attribute: Option<String>,
     /// The queue's VisibilityTimeout, read at connect.
     visibility_timeout: Duration,
+    /// Timeouts of a receive: the configured ones plus the long-poll wait.
+    receive_timeouts: TimeoutConfig,
 }
 
 impl SqsSource {
@@ -37,11 +45,16 @@ impl SqsSource {
             Some(url) => url.clone(),
             None => queue_url(&client, &config.queue_name).await?,
         };
+        if is_fifo(&queue_url) {
+            return Err(SourceError::FifoUnsupported(queue_url));
+        }
         let visibility_timeout = read_visibility_timeout(&client, &queue_url).await?;
+        let wait = Duration::from_secs(config.wait_time_seconds.into());
         Ok(SqsSource {
             client,
             queue_url,
             visibility_timeout,
+            receive_timeouts: timeouts(config, wait),
             wait_time_seconds: config.wait_time_seconds as i32,
             idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
         })
@@ -130,7 +143,12 @@ impl Source for SqsSource {
         if let Some(name) = &self.idempotency_attribute {
             request = request.message_attribute_names(name);
         }
-        let output = request.send().await.map_err(|e| sqs_error("ReceiveMessage", e))?;
+        let output = request
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(self.receive_timeouts.clone()))
+            .send()
+            .await
+            .map_err(|e| sqs_error("ReceiveMessage", e))?;
         Ok(output.messages.unwrap_or_default().into_iter().filter_map(|m| self.to_delivery(m)).collect())
     }
 
@@ -211,11 +229,25 @@ async fn read_visibility_timeout(client: &Client, queue_url: &str) -> Result<Dur
     Ok(Duration::from_secs(seconds))
 }
 
+/// Whether a queue URL (or name) names a FIFO queue: SQS requires their names to end in `.fifo`.
+pub fn is_fifo(queue: &str) -> bool {
+    queue.trim_end_matches('/').ends_with(".fifo")
+}
+
+/// The configured attempt and operation timeouts, each with `extra` on top (a receive's long poll).
+fn timeouts(config: &SqsConfig, extra: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_attempt_timeout(Duration::from_secs(config.attempt_timeout_seconds) + extra)
+        .operation_timeout(Duration::from_secs(config.operation_timeout_seconds) + extra)
+        .build()
+}
+
 /// An SQS client for `config`: its endpoint (an emulator) if set, and static credentials if set,
-/// else the standard AWS credential chain.
+/// else the standard AWS credential chain. Every call is bounded by the configured timeouts.
 pub async fn client(config: &SqsConfig) -> Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(config.region.clone()));
+        .region(aws_config::Region::new(config.region.clone()))
+        .timeout_config(timeouts(config, Duration::ZERO));
     if let Some(endpoint) = &config.endpoint_url {
         loader = loader.endpoint_url(endpoint);
     }

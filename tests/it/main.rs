@@ -2,6 +2,7 @@
 //! fresh database and one fresh queue per test.
 
 mod alerts;
+mod bounded;
 mod chaos;
 mod cli;
 mod deploy;

@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod faults;
+pub mod proxy;
 pub mod tls_server;
 
 use std::sync::Arc;
