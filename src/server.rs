@@ -23,9 +23,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::counters::Stats;
 use crate::ledger::Ledger;
 use crate::source::SqsSource;
-use crate::counters::Stats;
 use crate::source::sqs::Depth;
 
 /// How often gauges are refreshed.
@@ -162,7 +162,9 @@ async fn postgres_state(url: &str) -> &'static str {
     let sql = "SELECT pg_is_in_recovery()::text, current_setting('transaction_read_only')";
     let answer = client.simple_query(sql).await.ok().and_then(|messages| {
         messages.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some((row.get(0) == Some("true"), row.get(1) == Some("on"))),
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                Some((row.get(0) == Some("true"), row.get(1) == Some("on")))
+            }
             _ => None,
         })
     });
