@@ -6,6 +6,7 @@
 #   scripts/emulator.sh start     install if needed, start in the background, wait until ready
 #   scripts/emulator.sh stop      stop the emulator started by this script
 #   scripts/emulator.sh status    exit 0 if the emulator answers with SQS up, 1 otherwise
+#   scripts/emulator.sh has SVC   exit 0 if the emulator on the port runs service SVC (e.g. sns)
 #   scripts/emulator.sh restart   stop + start
 #
 # Environment:
@@ -14,6 +15,8 @@
 #   PII_INGEST_PYTHON            interpreter used to create the venv (default python3; 3.11 is the
 #                                tested version: later LocalStack releases need other Pythons)
 #   PII_INGEST_EMULATOR_TIMEOUT  seconds to wait for readiness on start (default 60)
+#   PII_INGEST_EMULATOR_SERVICES services to run (default sqs,sns: SNS for the envelope tests, whose
+#                                SNS -> SQS subscriptions deliver real notification envelopes)
 #
 # Clients: endpoint http://127.0.0.1:4566, region us-east-1, access key/secret "test"/"test".
 set -euo pipefail
@@ -28,6 +31,7 @@ PYTHON="${PII_INGEST_PYTHON:-python3}"
 PORT="${PII_INGEST_EMULATOR_PORT:-4566}"
 HOST="127.0.0.1"
 TIMEOUT="${PII_INGEST_EMULATOR_TIMEOUT:-60}"
+SERVICES="${PII_INGEST_EMULATOR_SERVICES:-sqs,sns}"
 
 # Default port: var/emulator/localstack.{log,pid}; another port gets its own files (localstack-PORT.*)
 # so that several emulators can run side by side.
@@ -101,8 +105,9 @@ cmd_install() {
 
 # ---------------------------------------------------------------- helpers
 
-# 0 when the health endpoint reports sqs running/available.
+# 0 when the health endpoint reports service $1 (default sqs) running/available.
 healthy() {
+  local service="${1:-sqs}"
   local body
   if command -v curl >/dev/null 2>&1; then
     body="$(curl -fsS --max-time 2 "$HEALTH_URL" 2>/dev/null)" || return 1
@@ -112,7 +117,15 @@ healthy() {
     body="$("$py" -c 'import sys, urllib.request
 print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$HEALTH_URL" 2>/dev/null)" || return 1
   fi
-  [[ "$body" =~ \"sqs\":\ *\"(running|available)\" ]]
+  [[ "$body" =~ \"$service\":\ *\"(running|available)\" ]]
+}
+
+# 0 when every service of $SERVICES is up.
+all_healthy() {
+  local service
+  for service in ${SERVICES//,/ }; do
+    healthy "$service" || return 1
+  done
 }
 
 # 0 when something accepts TCP connections on the port.
@@ -171,7 +184,7 @@ cmd_start() {
         FILESYSTEM_ROOT="$EMU_FSROOT" \
         GATEWAY_LISTEN="$HOST:$PORT" \
         LOCALSTACK_HOST="$HOST:$PORT" \
-        SERVICES=sqs \
+        SERVICES="$SERVICES" \
         EAGER_SERVICE_LOADING=1 \
         SQS_ENDPOINT_STRATEGY=path \
         DNS_ADDRESS=0 \
@@ -186,7 +199,7 @@ cmd_start() {
 
   local started=$SECONDS
   while ((SECONDS - started < TIMEOUT)); do
-    if healthy; then
+    if all_healthy; then
       log "running on http://$HOST:$PORT (pid $pid, ready in $((SECONDS - started)) s, log $LOG_FILE)"
       return 0
     fi
@@ -257,7 +270,7 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -265,6 +278,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  has) healthy "${2:?usage: emulator.sh has SERVICE}" ;;
   restart) cmd_stop; cmd_start ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -7,6 +7,17 @@ cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 scripts/postgres.sh
 scripts/emulator.sh start
+# The envelope tests subscribe an SQS queue to a real SNS topic. An emulator started before SNS was in
+# its default services runs SQS only: then a second one, with both, serves those tests.
+if [ -z "${PII_INGEST_TEST_SNS:-}" ]; then
+  if scripts/emulator.sh has sns; then
+    export PII_INGEST_TEST_SNS="http://127.0.0.1:${PII_INGEST_EMULATOR_PORT:-4566}"
+  else
+    sns_port="${PII_INGEST_SNS_EMULATOR_PORT:-4576}"
+    PII_INGEST_EMULATOR_PORT="$sns_port" PII_INGEST_EMULATOR_SERVICES=sqs,sns scripts/emulator.sh start
+    export PII_INGEST_TEST_SNS="http://127.0.0.1:$sns_port"
+  fi
+fi
 
 # promtool runs the alerting rules' unit tests (tests/it/alerts.rs); Debian ships it in `prometheus`.
 # policy-rc.d keeps the package from starting a Prometheus server of its own.
