@@ -9,7 +9,7 @@
 //! | `create_date` | `create_date` is not the UTC date of `sent_at` |
 //! | `quarantine_reasons` | a quarantine `reason` is not a [`RejectReason`] code |
 //! | `daily_quarantine_share` | a day's quarantine share is far above the usual day's |
-//! | `sealed_values_rederive` | a sampled row's sealed values do not re-derive to its tokens |
+//! | `sealed_values_rederive` | a sampled row's sealed values (or quarantine record's sealed body) do not re-derive to its tokens |
 //!
 //! Read-only, and it never returns a value from a row: only counts, dates, codes and key ids the
 //! configuration names. Sealed values opened for the re-derivation stay in memory and are dropped.
@@ -171,8 +171,9 @@ async fn row_checks(client: &Client, options: &Options) -> Result<Vec<Check>, Ve
     let quarantine = format!(
         "SELECT count(*), \
            count(*) FILTER (WHERE body_hmac{NOT_TOKEN}), \
-           count(*) FILTER (WHERE mask_key_id <> ALL($2)), \
-           count(*) FILTER (WHERE message_id {BLANK} OR reason {BLANK} OR mask_key_id {BLANK}), \
+           count(*) FILTER (WHERE mask_key_id <> ALL($2) OR (seal_key_id IS NOT NULL AND seal_key_id <> ALL($4))), \
+           count(*) FILTER (WHERE message_id {BLANK} OR reason {BLANK} OR mask_key_id {BLANK} \
+             OR (seal_key_id IS NULL) <> (body_sealed IS NULL)), \
            count(*) FILTER (WHERE reason <> ALL($3)) \
          FROM quarantined_messages WHERE $1::date IS NULL OR (sent_at AT TIME ZONE 'UTC')::date >= $1"
     );
@@ -183,7 +184,7 @@ async fn row_checks(client: &Client, options: &Options) -> Result<Vec<Check>, Ve
         .await
         .map_err(query("check user_logins"))?;
     let q = client
-        .query_one(&quarantine, &[&options.since, &options.mask_key_ids, &reasons])
+        .query_one(&quarantine, &[&options.since, &options.mask_key_ids, &reasons, &options.seal_key_ids])
         .await
         .map_err(query("check quarantined_messages"))?;
     let (l, q): (Vec<i64>, Vec<i64>) = ((0..5).map(|i| l.get(i)).collect(), (0..5).map(|i| q.get(i)).collect());
@@ -254,10 +255,35 @@ pub fn flag_days(days: &mut [Day]) -> Check {
     Check::counted(name, checked, failing, &problem)
 }
 
-/// Re-derives the tokens of a random sample of sealed rows from their opened values.
+/// Re-derives the tokens of a random sample of sealed rows, and the body HMAC of a random sample of
+/// sealed quarantine records, from their opened values.
 async fn rederive_sample(client: &Client, since: Option<NaiveDate>, keys: &Rederive) -> Result<Check, VerifyError> {
     let name = "sealed_values_rederive";
     let seal_ids: Vec<&str> = keys.openers.iter().map(|o| o.key_id()).collect();
+    let (rows, rows_failing) = sample_logins(client, since, keys, &seal_ids).await?;
+    let (records, records_failing) = sample_quarantine(client, since, keys, &seal_ids).await?;
+    if rows + records == 0 {
+        let detail =
+            format!("nothing sealed to {} and masked with {} to sample", seal_ids.join(" or "), keys.masker.key_id());
+        return Ok(Check { name, checked: 0, failing: 0, verdict: Verdict::Skipped, detail });
+    }
+    let problem = "sampled records have sealed values that do not open or do not re-derive to their tokens";
+    Ok(Check::counted(name, rows + records, rows_failing + records_failing, problem))
+}
+
+/// Whether `sealed` opens with one of the keys and its HMAC is `token`.
+fn rederives(keys: &Rederive, sealed: &[u8], seal_id: &str, token: &str) -> bool {
+    let Some(opener) = keys.openers.iter().find(|o| o.key_id() == seal_id) else { return false };
+    opener.open_bytes(sealed, seal_id).is_ok_and(|value| keys.masker.token_bytes(&value) == token)
+}
+
+/// (rows sampled, rows whose ip or device_id token does not re-derive).
+async fn sample_logins(
+    client: &Client,
+    since: Option<NaiveDate>,
+    keys: &Rederive,
+    seal_ids: &[&str],
+) -> Result<(i64, i64), VerifyError> {
     let sql = "SELECT masked_ip::text, masked_device_id::text, ip_sealed, device_id_sealed, seal_key_id \
                FROM user_logins WHERE mask_key_id = $2 AND seal_key_id = ANY($3) \
                  AND ip_sealed IS NOT NULL AND device_id_sealed IS NOT NULL \
@@ -267,29 +293,33 @@ async fn rederive_sample(client: &Client, since: Option<NaiveDate>, keys: &Reder
         .query(sql, &[&since, &keys.masker.key_id(), &seal_ids, &keys.sample])
         .await
         .map_err(|source| VerifyError::Query { what: "sample sealed rows", source })?;
-    if rows.is_empty() {
-        let detail =
-            format!("no row sealed to {} and masked with {} to sample", seal_ids.join(" or "), keys.masker.key_id());
-        return Ok(Check { name, checked: 0, failing: 0, verdict: Verdict::Skipped, detail });
-    }
     let failing = rows
         .iter()
         .filter(|row| {
             let seal_id: &str = row.get(4);
-            let opener = keys.openers.iter().find(|o| o.key_id() == seal_id).expect("selected by these key ids");
-            let rederives = |sealed: &[u8], token: &str| {
-                opener.open(sealed, seal_id).is_ok_and(|value| keys.masker.token(&value) == token)
-            };
-            !(rederives(row.get(2), row.get(0)) && rederives(row.get(3), row.get(1)))
+            !(rederives(keys, row.get(2), seal_id, row.get(0)) && rederives(keys, row.get(3), seal_id, row.get(1)))
         })
-        .count() as i64;
-    let checked = rows.len() as i64;
-    Ok(Check::counted(
-        name,
-        checked,
-        failing,
-        "sampled rows have sealed values that do not open or do not re-derive to their tokens",
-    ))
+        .count();
+    Ok((rows.len() as i64, failing as i64))
+}
+
+/// (quarantine records sampled, records whose sealed body's HMAC is not their `body_hmac`).
+async fn sample_quarantine(
+    client: &Client,
+    since: Option<NaiveDate>,
+    keys: &Rederive,
+    seal_ids: &[&str],
+) -> Result<(i64, i64), VerifyError> {
+    let sql = "SELECT body_hmac::text, body_sealed, seal_key_id FROM quarantined_messages \
+               WHERE mask_key_id = $2 AND seal_key_id = ANY($3) AND body_sealed IS NOT NULL \
+                 AND ($1::date IS NULL OR (sent_at AT TIME ZONE 'UTC')::date >= $1) \
+               ORDER BY random() LIMIT $4";
+    let records = client
+        .query(sql, &[&since, &keys.masker.key_id(), &seal_ids, &keys.sample])
+        .await
+        .map_err(|source| VerifyError::Query { what: "sample sealed quarantine records", source })?;
+    let failing = records.iter().filter(|r| !rederives(keys, r.get(1), r.get(2), r.get(0))).count();
+    Ok((records.len() as i64, failing as i64))
 }
 
 impl std::fmt::Display for Report {

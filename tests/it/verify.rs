@@ -92,7 +92,11 @@ async fn verify_passes_on_a_freshly_loaded_database_and_rederives_sealed_values(
     assert_eq!(by_name("token_format")["checked"], 100, "99 rows and 1 quarantine record");
     assert_eq!(by_name("create_date")["checked"], 99);
     assert_eq!(by_name("quarantine_reasons")["checked"], 1);
-    assert_eq!(by_name("sealed_values_rederive")["checked"], 99, "every sealed row fits in the sample of 100");
+    assert_eq!(
+        by_name("sealed_values_rederive")["checked"],
+        100,
+        "every sealed row (99) and quarantine record (1) fits in the samples of 100"
+    );
     assert_eq!(report["days"].as_array().unwrap().len(), 1);
     assert_eq!(report["days"][0]["date"], "2026-11-20", "the UTC date of sent_at");
     assert_eq!((report["days"][0]["rows"].as_i64(), report["days"][0]["quarantined"].as_i64()), (Some(99), Some(1)));
@@ -173,11 +177,27 @@ async fn verify_fails_naming_the_rederivation_when_tokens_do_not_match_the_seale
     loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["sealed_values_rederive"], "{stderr}");
-    assert!(stderr.contains("2 of 99 sampled rows"), "{stderr}");
+    assert!(stderr.contains("2 of 100 sampled records"), "{stderr}");
     assert_eq!(without_key, 0, "without the private key the swap is invisible: the check is skipped");
     for value in raw_values() {
         assert!(!stdout.contains(&value) && !stderr.contains(&value), "verify printed a raw value");
     }
+}
+
+#[tokio::test]
+async fn verify_fails_naming_the_rederivation_when_a_sealed_quarantined_body_does_not_match_its_hmac() {
+    let loaded = loaded(true).await;
+    assert_eq!(
+        loaded.db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_sealed IS NOT NULL").await,
+        1
+    );
+    // A well-formed token, but not the HMAC of the sealed body.
+    loaded.db.execute("UPDATE quarantined_messages SET body_hmac = (SELECT min(masked_ip) FROM user_logins)").await;
+    let (code, stdout, stderr) = verify(&loaded.env, &["--private-key-file", &loaded.private_key]);
+    loaded.db.drop().await;
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert_eq!(failed_checks(&stderr), ["sealed_values_rederive"], "{stderr}");
+    assert!(stderr.contains("1 of 100 sampled records"), "{stderr}");
 }
 
 #[test]
