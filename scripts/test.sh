@@ -19,7 +19,8 @@ if [ -z "${PII_INGEST_TEST_SNS:-}" ]; then
   fi
 fi
 
-# promtool runs the alerting rules' unit tests (tests/it/alerts.rs); Debian ships it in `prometheus`.
+# promtool runs the alerting rules' unit tests (tests/it/alerts.rs) and lints a live /metrics scrape
+# (tests/it/server.rs); Debian ships it in `prometheus`.
 # policy-rc.d keeps the package from starting a Prometheus server of its own.
 if ! command -v promtool >/dev/null 2>&1; then
   echo "== installing promtool (Debian package prometheus)"

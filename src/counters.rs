@@ -54,9 +54,29 @@ impl Counter {
     ];
 }
 
-/// Registers every counter series at zero, so dashboards and `rate()` see them before the first
-/// event (a retry counter that appears only on the first outage is hard to alert on).
+/// Every counter series' name and its `# HELP` text (Prometheus tooling such as `promtool check
+/// metrics` flags a series without one).
+const COUNTER_HELP: [(&str, &str); 12] = [
+    ("pii_ingest_messages_received_total", "SQS deliveries received (a redelivery counts again)"),
+    ("pii_ingest_rows_written_total", "Rows inserted into user_logins"),
+    ("pii_ingest_duplicates_total", "Deliveries already written, by the layer that caught them"),
+    ("pii_ingest_abandoned_total", "Deliveries in hand at a forced stop, left for SQS to redeliver"),
+    ("pii_ingest_messages_deleted_total", "Messages deleted from SQS after their batch committed"),
+    ("pii_ingest_delete_failures_total", "Deletes that failed after retries (the message returns and is skipped)"),
+    ("pii_ingest_left_for_redrive_total", "Rejects left undeleted for the queue's redrive policy"),
+    ("pii_ingest_unknown_fields_total", "Unknown fields dropped from valid logins"),
+    ("pii_ingest_retries_total", "Retried SQS or Postgres calls, by cause"),
+    ("pii_ingest_visibility_extended_total", "Deliveries whose visibility was extended during a slow commit"),
+    ("pii_ingest_quarantined_total", "Messages quarantined, by reason code"),
+    ("pii_ingest_extra_fields_total", "Fields outside the schema dropped from logins, by kind of personal data"),
+];
+
+/// Describes every counter and registers each series at zero, so dashboards and `rate()` see them
+/// before the first event (a retry counter that appears only on the first outage is hard to alert on).
 pub fn register_metrics() {
+    for (name, help) in COUNTER_HELP {
+        metrics::describe_counter!(name, help);
+    }
     for counter in Counter::ALL {
         counter.emit(0);
     }

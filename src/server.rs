@@ -6,11 +6,11 @@
 //! restarts the process. `/readyz` is 503 while Postgres is unreachable or read-only (in recovery, or
 //! `transaction_read_only` on) or SQS does not answer, with one line per check saying why.
 //!
-//! Counters are bumped where they happen (`stats.rs`); this module installs the recorder, serves
-//! it, and polls the gauges that nothing else updates: queue depth, ledger size, and whether each
-//! dependency answers (`pii_ingest_dependency_up`, what `/readyz` reports, so an alert can watch
-//! it). No label ever carries message content: layers, causes, reason codes and dependency names
-//! come from fixed sets.
+//! Counters are bumped where they happen (`counters.rs`); this module installs the recorder, describes
+//! the gauges and histograms, serves them, and polls the gauges that nothing else updates: queue
+//! depth, ledger size, and whether each dependency answers (`pii_ingest_dependency_up`, what
+//! `/readyz` reports, so an alert can watch it). No label ever carries message content: layers,
+//! causes, reason codes and dependency names come from fixed sets.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -48,11 +48,24 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
         )?
         .install_recorder()?;
     crate::counters::register_metrics();
-    metrics::describe_gauge!(
+    register_metrics();
+    Ok(handle)
+}
+
+/// Describes the gauges and histograms (the counters are `counters.rs`'s) and sets the build-info
+/// gauge: `pii_ingest_build_info{version="..."} 1`, so a dashboard can tell which release runs.
+fn register_metrics() {
+    use metrics::{Unit, describe_gauge, describe_histogram};
+    describe_gauge!("pii_ingest_build_info", "Always 1; the running release in its version label");
+    describe_gauge!("pii_ingest_queue_messages", "Approximate messages in the queue, by state");
+    describe_gauge!("pii_ingest_ledger_entries", "Message ids held by the local ledger (skip-cache)");
+    describe_gauge!(
         "pii_ingest_dependency_up",
         "1 when the dependency answered the last readiness check within 2 s, else 0 (what /readyz reports)"
     );
-    Ok(handle)
+    describe_histogram!("pii_ingest_batch_rows", "Deliveries per committed batch");
+    describe_histogram!("pii_ingest_commit_seconds", Unit::Seconds, "Time to commit one batch");
+    metrics::gauge!("pii_ingest_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// What the endpoints look at.

@@ -64,6 +64,51 @@ async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
 }
 
 #[tokio::test]
+async fn a_live_scrape_passes_promtool_check_metrics() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = binary_env(&db, &queue, dir.path());
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    ok(run(&env, &["seed", "--file", sample]));
+    let child = serve(&env, &addr);
+    let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
+        body.contains("pii_ingest_rows_written_total 99") && body.contains("pii_ingest_commit_seconds_bucket")
+    })
+    .expect("metrics never showed 99 rows written");
+    assert!(child.stop().success(), "SIGTERM exits 0");
+
+    let (passed, lint) = promtool_check_metrics(&metrics);
+    assert!(passed && lint.trim().is_empty(), "promtool check metrics:\n{lint}\n--- scraped:\n{metrics}");
+    let build_info = format!("pii_ingest_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    assert!(metrics.contains(&build_info), "{metrics}");
+    for series in ["pii_ingest_rows_written_total", "pii_ingest_queue_messages", "pii_ingest_commit_seconds"] {
+        assert!(metrics.contains(&format!("# HELP {series} ")), "no HELP for {series}:\n{metrics}");
+    }
+    db.drop().await;
+    queue.delete().await;
+}
+
+/// `promtool check metrics` on `exposition`: (exit status 0, everything it printed).
+fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is needed (Debian: apt-get install prometheus; scripts/test.sh installs it): {e}")
+        });
+    promtool.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), printed)
+}
+
+#[tokio::test]
 async fn stats_reports_rows_quarantine_and_ledger() {
     let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +116,7 @@ async fn stats_reports_rows_quarantine_and_ledger() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-            .args(["--config", "/nonexistent/config.toml"])
+            .args(["--config", "/dev/null"])
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
