@@ -75,7 +75,7 @@ common_env() { # queue db
 pii() { # queue db args...
   local queue="$1" db="$2"; shift 2
   # shellcheck disable=SC2046
-  env $(common_env "$queue" "$db") "$BIN" --config /nonexistent/config.toml "$@"
+  env $(common_env "$queue" "$db") "$BIN" --config /dev/null "$@"
 }
 
 psql_n() { # db sql
@@ -128,7 +128,7 @@ for k in $WORKERS; do
       PII_INGEST__LEDGER__PATH="$WORK/k$k-w$i/ledger" \
       PII_INGEST__METRICS__LISTEN=127.0.0.1:0 \
       timeout --signal=TERM --kill-after=30 "$TIMEOUT" \
-      "$BIN" --config /nonexistent/config.toml run --until-empty --json \
+      "$BIN" --config /dev/null run --until-empty --json \
       >"$WORK/k$k-w$i.json" 2>"$WORK/k$k-w$i.err" &
     PIDS+=("$!")
   done

@@ -379,12 +379,17 @@ fn invalid(key: &'static str, expected: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// The figment for `file` (default `config.toml`, skipped when absent) with env on top.
+    /// The figment for `file` with env on top. A file named explicitly (`--config`) must exist:
+    /// a typo must not silently fall back to defaults. Without one, `config.toml` is used when
+    /// present (in the working directory or a parent).
     pub fn figment(file: Option<&Path>) -> Figment {
-        let file = file.map(Path::to_path_buf).unwrap_or_else(|| "config.toml".into());
+        let toml = match file {
+            Some(file) => Toml::file_exact(file),
+            None => Toml::file("config.toml"),
+        };
         // No `Serialized::defaults`: every struct is `#[serde(default)]`, and serializing would
         // redact the secrets' defaults.
-        Figment::new().merge(Toml::file(file)).merge(Env::prefixed("PII_INGEST__").split("__"))
+        Figment::new().merge(toml).merge(Env::prefixed("PII_INGEST__").split("__"))
     }
 
     /// Extracts and validates a config from a figment (with any flag overrides already merged).
@@ -589,6 +594,26 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_that_does_not_exist_is_an_error_naming_it() {
+        Jail::expect_with(|jail| {
+            jail.create_file("config.toml", "[sqs]\nqueue_name = \"not-this-one\"\n")?;
+            let error = Config::from_figment(Config::figment(Some(Path::new("typo.toml")))).unwrap_err().to_string();
+            assert!(error.contains("typo.toml") && error.contains("No such file"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_config_file_named_explicitly_is_read() {
+        Jail::expect_with(|jail| {
+            jail.create_file("other.toml", "[sqs]\nqueue_name = \"from-other\"\n")?;
+            let config = Config::from_figment(Config::figment(Some(Path::new("other.toml")))).unwrap();
+            assert_eq!(config.sqs.queue_name, "from-other");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_wrong_type_names_the_key() {
         Jail::expect_with(|jail| {
             jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "soon");
@@ -620,7 +645,7 @@ mod tests {
     fn field_names_come_from_the_fields_table_and_bad_tables_name_the_key() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[fields]\nip = [\"ip\", \"ipAddress\"]\n[sqs]\nenvelope = \"none\"\n")?;
-            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
             let rules = config.rules();
             assert_eq!(rules.fields.lookup("ipAddress").map(|(f, _)| f), Some(crate::event::Field::Ip));
             assert_eq!(rules.fields.lookup("user_id").map(|(f, _)| f), Some(crate::event::Field::UserId));
@@ -643,7 +668,7 @@ mod tests {
     fn caps_are_read_from_the_validation_table_and_checked() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[validation]\nmax_fields = 50\nmax_depth = 8\n")?;
-            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
             assert_eq!((config.rules().limits.max_fields, config.rules().limits.max_depth), (50, 8));
             assert_eq!(config.rules().limits.max_body_bytes, 1024 * 1024);
             Ok(())

@@ -134,7 +134,7 @@ class Scenario:
         out = open(self.dir / f"{tag}.out", "w")
         err = open(self.dir / f"{tag}.err", "w")
         p = subprocess.Popen(
-            [str(self.ctx.binary), "--config", "/nonexistent/config.toml", *args],
+            [str(self.ctx.binary), "--config", "/dev/null", *args],
             env=self.env(ledger), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir,
         )
         out.close()

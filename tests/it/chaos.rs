@@ -17,7 +17,7 @@ const PROCESSED: &str = "SELECT (SELECT count(*) FROM user_logins) + (SELECT cou
 
 fn start(env: &[(String, String)], args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
-        .args(["--config", "/nonexistent/config.toml"])
+        .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k, v)))

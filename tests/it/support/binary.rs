@@ -1,5 +1,6 @@
 //! Running the `pii-ingest` binary as a user would, with the configuration given entirely by
-//! environment (`--config` points nowhere, so no `config.toml` leaks in), and talking HTTP to it.
+//! environment (`--config /dev/null` is an empty file, so no `config.toml` leaks in), and talking
+//! HTTP to it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +11,7 @@ use std::time::Duration;
 pub fn command(env: &[(String, String)], args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pii-ingest"));
     command
-        .args(["--config", "/nonexistent/config.toml"])
+        .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k, v)));
