@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod exactly_once;
 mod masking;
+mod migrations;
 mod pii_corpus;
 mod quarantine;
 mod sealing;
