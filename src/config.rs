@@ -370,6 +370,8 @@ impl Serialize for Secret {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] Box<figment::Error>),
+    #[error("configuration file {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
     #[error("configuration key `{key}`: {expected}")]
     Invalid { key: &'static str, expected: String },
 }
@@ -382,14 +384,17 @@ impl Config {
     /// The figment for `file` with env on top. A file named explicitly (`--config`) must exist:
     /// a typo must not silently fall back to defaults. Without one, `config.toml` is used when
     /// present (in the working directory or a parent).
-    pub fn figment(file: Option<&Path>) -> Figment {
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let toml = match file {
-            Some(file) => Toml::file_exact(file),
+            Some(file) => {
+                std::fs::metadata(file).map_err(|source| ConfigError::File { path: file.to_owned(), source })?;
+                Toml::file_exact(file)
+            }
             None => Toml::file("config.toml"),
         };
         // No `Serialized::defaults`: every struct is `#[serde(default)]`, and serializing would
         // redact the secrets' defaults.
-        Figment::new().merge(toml).merge(Env::prefixed("PII_INGEST__").split("__"))
+        Ok(Figment::new().merge(toml).merge(Env::prefixed("PII_INGEST__").split("__")))
     }
 
     /// Extracts and validates a config from a figment (with any flag overrides already merged).
@@ -585,7 +590,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[sqs]\nqueue_name = \"from-file\"\nwait_time_seconds = 5\n")?;
             jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "2");
-            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
             assert_eq!(config.sqs.queue_name, "from-file");
             assert_eq!(config.sqs.wait_time_seconds, 2);
             assert_eq!(config.sqs.region, "us-east-1");
@@ -597,8 +602,8 @@ mod tests {
     fn a_config_file_that_does_not_exist_is_an_error_naming_it() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[sqs]\nqueue_name = \"not-this-one\"\n")?;
-            let error = Config::from_figment(Config::figment(Some(Path::new("typo.toml")))).unwrap_err().to_string();
-            assert!(error.contains("typo.toml") && error.contains("No such file"), "{error}");
+            let error = Config::figment(Some(Path::new("typo.toml"))).unwrap_err().to_string();
+            assert_eq!(error, "configuration file typo.toml: No such file or directory (os error 2)");
             Ok(())
         });
     }
@@ -607,7 +612,7 @@ mod tests {
     fn a_config_file_named_explicitly_is_read() {
         Jail::expect_with(|jail| {
             jail.create_file("other.toml", "[sqs]\nqueue_name = \"from-other\"\n")?;
-            let config = Config::from_figment(Config::figment(Some(Path::new("other.toml")))).unwrap();
+            let config = Config::from_figment(Config::figment(Some(Path::new("other.toml"))).unwrap()).unwrap();
             assert_eq!(config.sqs.queue_name, "from-other");
             Ok(())
         });
@@ -617,7 +622,7 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         Jail::expect_with(|jail| {
             jail.set_env("PII_INGEST__SQS__WAIT_TIME_SECONDS", "soon");
-            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            let error = Config::from_figment(Config::figment(None).unwrap()).unwrap_err().to_string();
             assert!(error.to_lowercase().contains("sqs.wait_time_seconds"), "{error}");
             Ok(())
         });
@@ -627,7 +632,7 @@ mod tests {
     fn an_unknown_key_is_refused() {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[sqs]\nqueue = \"typo\"\n")?;
-            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            let error = Config::from_figment(Config::figment(None).unwrap()).unwrap_err().to_string();
             assert!(error.contains("queue"), "{error}");
             Ok(())
         });

@@ -14,11 +14,16 @@ use pii_ingest::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut figment = Config::figment(cli.config.as_deref());
-    if let Some(format) = cli.log_format {
-        figment = figment.merge(("log.format", format));
+    if let Some(code) = cli.command.run_without_config() {
+        return code;
     }
-    let config = match Config::from_figment(figment) {
+    let config = Config::figment(cli.config.as_deref()).and_then(|mut figment| {
+        if let Some(format) = cli.log_format {
+            figment = figment.merge(("log.format", format));
+        }
+        Config::from_figment(figment)
+    });
+    let config = match config {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use pii_ingest::config::{Config, LogFormat};
 
 mod check_config;
+mod completions;
 mod drain;
+mod health;
 mod keygen;
 mod migrate;
 mod rekey;
@@ -61,9 +63,22 @@ pub enum Command {
     /// against sent_at, quarantine reason codes, per-day quarantine share, and (with the keys) that
     /// sealed values re-derive to their tokens. Exit 1 naming each failed check; never prints a value.
     Verify(verify::Args),
+    /// Ask a running instance's /healthz (or /readyz): exit 0 when it answers 200, else 1. The
+    /// container health check (the image has no curl).
+    Health(health::Args),
+    /// Print a shell completion script: `pii-ingest completions bash > /etc/bash_completion.d/pii-ingest`.
+    Completions(completions::Args),
 }
 
 impl Command {
+    /// Runs a command that needs no configuration (so a broken one cannot stop it), or `None`.
+    pub fn run_without_config(&self) -> Option<ExitCode> {
+        match self {
+            Command::Completions(args) => Some(completions::run(args)),
+            _ => None,
+        }
+    }
+
     /// Runs the command; the exit code is the process's.
     pub async fn run(self, config: Config) -> anyhow::Result<ExitCode> {
         match self {
@@ -77,6 +92,8 @@ impl Command {
             Command::Rekey(args) => rekey::run(args, &config).await,
             Command::CheckConfig => Ok(check_config::run(&config)),
             Command::Verify(args) => verify::run(args, &config).await,
+            Command::Health(args) => health::run(args, &config).await,
+            Command::Completions(args) => Ok(completions::run(&args)),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The binary as a user runs it: migrate, seed, run --until-empty, twice.
 
-use crate::support::binary::{ok, run as pii_ingest};
+use crate::support::binary::{ok, run as pii_ingest, with};
 use crate::support::{TestDb, TestQueue, binary_env};
 
 #[tokio::test]
@@ -59,6 +59,56 @@ async fn a_bad_setting_is_one_line_naming_the_key() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim(), "error: configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
+}
+
+#[tokio::test]
+async fn a_config_file_that_does_not_exist_is_one_line_naming_it() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        .args(["--config", "/nonexistent/pii-ingest.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "not silent defaults");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: configuration file /nonexistent/pii-ingest.toml: No such file or directory (os error 2)"
+    );
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_bash_zsh_and_fish_without_any_configuration() {
+    for (shell, marker) in
+        [("bash", "complete -F _pii__ingest"), ("zsh", "#compdef pii-ingest"), ("fish", "complete -c pii-ingest")]
+    {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+            .args(["--config", "/nonexistent/pii-ingest.toml", "completions", shell])
+            .output()
+            .unwrap();
+        let script = ok(output);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("check-config") && script.contains("until-empty"), "{shell} knows the subcommands");
+    }
+    assert!(!pii_ingest(&[], &["completions", "tcsh"]).status.success(), "an unknown shell is refused");
+}
+
+#[tokio::test]
+async fn logs_and_reports_into_a_pipe_carry_no_terminal_escape_codes() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__LOG__FILTER", "info");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let mut printed = Vec::new();
+    for args in [&["seed", "--file", sample][..], &["run", "--until-empty"], &["stats"]] {
+        let output = pii_ingest(&env, args);
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        printed.extend(output.stdout);
+        printed.extend(output.stderr);
+    }
+    let printed = String::from_utf8_lossy(&printed);
+    assert!(printed.contains(" INFO "), "the run logged at info: {printed}");
+    assert!(!printed.contains('\x1b'), "an escape code reached a pipe: {printed:?}");
+    db.drop().await;
+    queue.delete().await;
 }
 
 #[tokio::test]

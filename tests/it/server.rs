@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::binary::{free_port, get, ok, run, scrape_until, serve};
+use crate::support::binary::{free_port, get, ok, run, scrape_until, serve, with};
 use crate::support::{TestDb, TestQueue, binary_env};
 
 #[tokio::test]
@@ -61,6 +61,33 @@ async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
     let metrics = metrics.expect("the gauge never showed Postgres down after its database was dropped");
     assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="sqs"} 1"#), "{metrics}");
     assert_eq!(readyz, Some((503, "postgres: unreachable\nsqs: ok\n".to_owned())));
+}
+
+#[tokio::test]
+async fn health_exits_0_while_an_instance_answers_and_1_once_it_is_gone() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    // The health check finds the instance through the same configuration: a wildcard listen
+    // address, as in the container, is asked on loopback.
+    let port = free_port();
+    let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__METRICS__LISTEN", &format!("0.0.0.0:{port}"));
+    ok(run(&env, &["seed", "--generate", "5"]));
+    let child = serve(&env, &format!("0.0.0.0:{port}"));
+    let addr = format!("127.0.0.1:{port}");
+    scrape_until(&addr, Duration::from_secs(30), |body| body.contains("pii_ingest_rows_written_total 5"))
+        .expect("the instance never wrote its 5 rows");
+
+    let healthy = ok(run(&env, &["health"]));
+    assert_eq!(healthy.trim(), format!("ok: http://{addr}/healthz answered 200 ok"));
+    assert!(ok(run(&env, &["health", "--ready"])).contains("/readyz answered 200 postgres: ok"));
+    assert!(child.stop().success(), "SIGTERM exits 0");
+
+    let gone = run(&env, &["health"]);
+    assert_eq!(gone.status.code(), Some(1), "no instance: exit 1");
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(stderr.starts_with(&format!("error: http://{addr}/healthz: ")) && stderr.contains("refused"), "{stderr}");
+    db.drop().await;
+    queue.delete().await;
 }
 
 #[tokio::test]

@@ -10,11 +10,7 @@ use std::time::Duration;
 /// The binary with `args`, configured by `env`. `RUST_LOG` is cleared unless `env` sets it.
 pub fn command(env: &[(String, String)], args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pii-ingest"));
-    command
-        .args(["--config", "/dev/null"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().map(|(k, v)| (k, v)));
+    command.args(["--config", "/dev/null"]).args(args).env_remove("RUST_LOG").envs(env.iter().map(|(k, v)| (k, v)));
     command
 }
 
