@@ -69,11 +69,11 @@ async fn get(url: &str) -> anyhow::Result<(u16, String)> {
         Some((authority, path)) => (authority, format!("/{path}")),
         None => (rest, "/".to_owned()),
     };
-    let mut stream = tokio::net::TcpStream::connect(authority).await.with_context(|| format!("{url}"))?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await.with_context(|| url.to_owned())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.with_context(|| format!("{url}"))?;
+    stream.write_all(request.as_bytes()).await.with_context(|| url.to_owned())?;
     let mut response = Vec::new();
-    stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut response).await.with_context(|| format!("{url}"))?;
+    stream.take(MAX_RESPONSE_BYTES).read_to_end(&mut response).await.with_context(|| url.to_owned())?;
     parse_response(&String::from_utf8_lossy(&response)).ok_or_else(|| anyhow!("{url}: not an HTTP response"))
 }
 
