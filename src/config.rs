@@ -279,7 +279,13 @@ pub struct PipelineConfig {
     /// `/healthz` turns 503 when no message has reached its fate for this many seconds while
     /// work is waiting (messages in hand, or visible in the queue).
     pub stall_seconds: u64,
+    /// Most bytes of message bodies held at once (received, judged, not yet committed).
+    /// Receives pause while it is full.
+    pub max_inflight_bytes: usize,
 }
+
+/// The default `pipeline.max_inflight_bytes`: 64 MiB, for a small container.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 << 20;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -291,6 +297,7 @@ impl Default for PipelineConfig {
             delete_concurrency: 8,
             delete_rejected: true,
             stall_seconds: 300,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
         }
     }
 }
@@ -456,6 +463,9 @@ impl Config {
         }
         if p.delete_concurrency == 0 {
             return Err(invalid("pipeline.delete_concurrency", "at least 1"));
+        }
+        if p.max_inflight_bytes < crate::source::MAX_BODY_BYTES {
+            return Err(invalid("pipeline.max_inflight_bytes", "at least 1048576 (one SQS message of 1 MiB)"));
         }
         if p.stall_seconds == 0 {
             return Err(invalid("pipeline.stall_seconds", "at least 1 second"));

@@ -12,6 +12,7 @@
 //! A crash anywhere leaves each message either uncommitted (redelivered, processed once) or committed
 //! (redelivered, skipped by the ledger or the unique column). See `docs/exactly-once.md`.
 
+mod budget;
 mod commit;
 mod judge;
 
@@ -31,6 +32,7 @@ use crate::mask::Masker;
 use crate::seal::Sealer;
 use crate::sink::Sink;
 use crate::source::Source;
+use budget::Received;
 use commit::{Batch, Committed, Row};
 use judge::{Item, Verdict};
 
@@ -48,6 +50,8 @@ pub struct Settings {
     /// Delete rejected messages after quarantining them (default). When false, they are left for the
     /// queue's redrive policy to move to a dead-letter queue.
     pub delete_rejected: bool,
+    /// Most bytes of message bodies held at once (see [`budget`]).
+    pub max_inflight_bytes: usize,
 }
 
 impl Settings {
@@ -60,6 +64,7 @@ impl Settings {
             delete_concurrency: config.delete_concurrency,
             until_empty,
             delete_rejected: config.delete_rejected,
+            max_inflight_bytes: config.max_inflight_bytes,
         }
     }
 }
@@ -82,12 +87,14 @@ impl<S: Source> Pipeline<S> {
     /// finishes the batch in hand, waits for its deletes, flushes the ledger and reports.
     pub async fn run(self, stop: CancellationToken) -> Report {
         let this = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<Vec<Item>>(this.settings.receivers * 2);
+        let (tx, rx) = mpsc::channel::<Received>(this.settings.receivers * 2);
+        let budget = budget::budget(this.settings.max_inflight_bytes);
         let drained = CancellationToken::new();
         let receivers = TaskTracker::new();
         for _ in 0..this.settings.receivers {
             let (this, tx, stop, drained) = (this.clone(), tx.clone(), stop.clone(), drained.clone());
-            receivers.spawn(async move { this.receive_loop(tx, stop, drained).await });
+            let budget = budget.clone();
+            receivers.spawn(async move { this.receive_loop(tx, budget, stop, drained).await });
         }
         if this.settings.until_empty {
             let (this, stop, drained) = (this.clone(), stop.clone(), drained.clone());
@@ -132,13 +139,25 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    async fn receive_loop(&self, tx: mpsc::Sender<Vec<Item>>, stop: CancellationToken, drained: CancellationToken) {
+    /// Receives while the byte budget has room, judges each batch and hands it to the writers.
+    async fn receive_loop(
+        self: &Arc<Self>,
+        tx: mpsc::Sender<Received>,
+        budget: Arc<Semaphore>,
+        stop: CancellationToken,
+        drained: CancellationToken,
+    ) {
         let mut failures = 0u32;
         loop {
+            let (want, reserved) = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = drained.cancelled() => return,
+                reserved = budget::reserve(&budget) => reserved,
+            };
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = drained.cancelled() => return,
-                result = self.source.receive() => result,
+                result = self.source.receive(want) => result,
             };
             match result {
                 Ok(batch) if batch.is_empty() => {
@@ -151,8 +170,8 @@ impl<S: Source> Pipeline<S> {
                 Ok(batch) => {
                     failures = 0;
                     self.stats.add(Counter::Received, batch.len());
-                    let items = batch.into_iter().map(|d| self.triage(d)).collect();
-                    if tx.send(items).await.is_err() {
+                    let received = self.judge_batch(batch, reserved).await;
+                    if tx.send(received).await.is_err() {
                         return;
                     }
                 }
@@ -174,25 +193,31 @@ impl<S: Source> Pipeline<S> {
     /// held only while a batch is gathered, so another writer can gather while this one commits.
     async fn write_loop(
         self: &Arc<Self>,
-        rx: &tokio::sync::Mutex<mpsc::Receiver<Vec<Item>>>,
+        rx: &tokio::sync::Mutex<mpsc::Receiver<Received>>,
         deletes: &TaskTracker,
         permits: &Arc<Semaphore>,
         stop: &CancellationToken,
     ) {
         loop {
-            let batch = {
+            // `held`: the batch's share of the byte budget, released once it is committed or abandoned.
+            let (batch, held) = {
                 let mut rx = rx.lock().await;
-                let Some(mut batch) = rx.recv().await else { return };
+                let Some(Received { items: mut batch, bytes }) = rx.recv().await else { return };
+                let mut held = vec![bytes];
                 let deadline = Instant::now() + self.settings.flush_interval;
                 while batch.len() < self.settings.batch_max_rows {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(more)) => batch.extend(more),
+                        Ok(Some(more)) => {
+                            batch.extend(more.items);
+                            held.push(more.bytes);
+                        }
                         Ok(None) | Err(_) => break,
                     }
                 }
-                batch
+                (batch, held)
             };
             self.process(batch, deletes, permits, stop).await;
+            drop(held);
         }
     }
 

@@ -63,8 +63,9 @@ pub enum SourceError {
 
 /// A queue the pipeline can drain.
 pub trait Source: Send + Sync + 'static {
-    /// Up to 10 deliveries; an empty batch after the long-poll wait means nothing is visible.
-    fn receive(&self) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
+    /// Up to `max_messages` (1 to 10) deliveries; an empty batch after the long-poll wait means
+    /// nothing is visible. The pipeline asks for as many as its byte budget has room for.
+    fn receive(&self, max_messages: usize) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
 
     /// Deletes up to 10 deliveries by receipt handle and reports each entry's fate.
     fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Deleted, SourceError>> + Send;

@@ -131,12 +131,12 @@ impl SqsSource {
 }
 
 impl Source for SqsSource {
-    async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
+    async fn receive(&self, max_messages: usize) -> Result<Vec<Delivery>, SourceError> {
         let mut request = self
             .client
             .receive_message()
             .queue_url(&self.queue_url)
-            .max_number_of_messages(MAX_BATCH as i32)
+            .max_number_of_messages(max_messages.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(self.wait_time_seconds)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);

@@ -188,3 +188,35 @@ async fn a_fifo_queue_is_refused_with_one_line_naming_it() {
     client.delete().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mib_bodies_drain_under_a_two_mib_budget_and_each_meets_its_fate() {
+    use std::sync::Arc;
+
+    use crate::support::{drain, pipeline, settings};
+    let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+    let padding = "x".repeat(1_000_000);
+    let big_logins: Vec<String> =
+        logins(6).iter().map(|l| format!("{}, \"padding\": \"{padding}\"}}", l.trim_end().trim_end_matches('}'))).collect();
+    let big_garbage: Vec<String> = (0..3).map(|i| format!("{i}{}", "z".repeat(1_000_000))).collect();
+    let mut bodies: Vec<String> = logins(20);
+    bodies.extend(big_logins);
+    bodies.extend(big_garbage);
+    // One by one: a batch send is capped at 1 MiB in total.
+    for body in bodies {
+        queue.client.send_message().queue_url(&queue.url).message_body(body).send().await.unwrap();
+    }
+    let mut settings = settings();
+    settings.max_inflight_bytes = 2 << 20;
+    let ledger = Arc::new(pii_ingest::ledger::Ledger::temporary());
+    let report = drain(pipeline(queue.source().await, &db, ledger, settings), Duration::from_secs(300)).await;
+    assert!(report.reconciles(), "{report}");
+    assert_eq!((report.received, report.written, report.quarantined_total()), (29, 26, 3), "{report}");
+    assert_eq!(report.quarantined.get("not_json"), Some(&3), "{report}");
+    assert_eq!(db.rows().await, 26);
+    let padded = db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 1000000").await;
+    assert_eq!(padded, 3, "each 1 MiB reject is recorded with its length");
+    assert_eq!(queue.depth().await, 0, "every message deleted after its commit");
+    db.drop().await;
+    queue.delete().await;
+}

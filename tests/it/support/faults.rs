@@ -35,8 +35,8 @@ impl Faulty {
 }
 
 impl Source for Faulty {
-    async fn receive(&self) -> Result<Vec<Delivery>, SourceError> {
-        let batch = self.inner.receive().await?;
+    async fn receive(&self, max_messages: usize) -> Result<Vec<Delivery>, SourceError> {
+        let batch = self.inner.receive(max_messages).await?;
         Ok(match self.fault {
             Fault::DoubleDelivery => batch.iter().cloned().chain(batch.iter().cloned()).collect(),
             Fault::FailFirstDeletes => {

@@ -194,6 +194,7 @@ pub fn settings() -> Settings {
         delete_concurrency: 4,
         until_empty: true,
         delete_rejected: true,
+        max_inflight_bytes: pii_ingest::config::DEFAULT_MAX_INFLIGHT_BYTES,
     }
 }
 
