@@ -48,7 +48,11 @@ pub(super) async fn reserve(budget: &Arc<Semaphore>) -> (usize, OwnedSemaphorePe
 impl<S: Source> Pipeline<S> {
     /// Judges a received batch (off the runtime's threads when it is large) and keeps only the
     /// budget its items still need. A file line longer than 1 MiB is counted up to what was reserved.
-    pub(super) async fn judge_batch(self: &Arc<Self>, batch: Vec<Delivery>, mut held: OwnedSemaphorePermit) -> Received {
+    pub(super) async fn judge_batch(
+        self: &Arc<Self>,
+        batch: Vec<Delivery>,
+        mut held: OwnedSemaphorePermit,
+    ) -> Received {
         let bytes: usize = batch.iter().map(|d| d.body.len()).sum();
         let items: Vec<Item> = if bytes > INLINE_JUDGE_BYTES {
             let this = self.clone();

@@ -196,8 +196,10 @@ async fn one_mib_bodies_drain_under_a_two_mib_budget_and_each_meets_its_fate() {
     use crate::support::{drain, pipeline, settings};
     let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
     let padding = "x".repeat(1_000_000);
-    let big_logins: Vec<String> =
-        logins(6).iter().map(|l| format!("{}, \"padding\": \"{padding}\"}}", l.trim_end().trim_end_matches('}'))).collect();
+    let big_logins: Vec<String> = logins(6)
+        .iter()
+        .map(|l| format!("{}, \"padding\": \"{padding}\"}}", l.trim_end().trim_end_matches('}')))
+        .collect();
     let big_garbage: Vec<String> = (0..3).map(|i| format!("{i}{}", "z".repeat(1_000_000))).collect();
     let mut bodies: Vec<String> = logins(20);
     bodies.extend(big_logins);
