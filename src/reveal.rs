@@ -2,7 +2,9 @@
 //! of selected rows with the private key, and records who, when, why and which rows in
 //! `reveal_audit` in the same transaction, before anything is returned. A reveal that cannot be
 //! audited reveals nothing. (Key rotation is `rekey.rs`.) [`reveal_quarantined`] does the same for
-//! the sealed raw body of a quarantined message.
+//! the sealed raw body of a quarantined message. Both transactions run as the `pii_revealer` role
+//! (`SET LOCAL ROLE`), so they can read sealed values and append to the audit, nothing more; the
+//! audit's `who` is the login (`session_user`) unless a person is named.
 //!
 //! Raw values live only in the returned structs, printed by the CLI for the person who asked; they
 //! are never logged.
@@ -24,6 +26,8 @@ pub enum RevealError {
     Seal(#[from] SealError),
     #[error("a reason is required for every reveal (--reason)")]
     NoReason,
+    #[error("this login may not reveal: it must be a member of pii_revealer (GRANT pii_revealer TO <login>)")]
+    NotRevealer,
     #[error("no quarantined message has message_id {0}")]
     NotQuarantined(String),
     #[error("quarantined message {0} was quarantined without sealing: nothing raw was kept")]
@@ -66,7 +70,7 @@ pub async fn reveal(
     url: &str,
     opener: &Opener,
     selector: &Selector,
-    who: &str,
+    who: Option<&str>,
     reason: &str,
     limit: i64,
 ) -> Result<Vec<Revealed>, RevealError> {
@@ -75,6 +79,7 @@ pub async fn reveal(
     }
     let mut conn = connect(url).await?;
     conn.transaction(async |conn| {
+        become_revealer(conn).await?;
         let mut query = user_logins::table
             .select((
                 user_logins::message_id,
@@ -96,7 +101,7 @@ pub async fn reveal(
         let revealed = rows.into_iter().map(|row| open_row(opener, row)).collect::<Result<Vec<_>, _>>()?;
         diesel::insert_into(reveal_audit::table)
             .values((
-                reveal_audit::who.eq(who),
+                who.map(|who| reveal_audit::who.eq(who)),
                 reveal_audit::reason.eq(reason),
                 reveal_audit::selector.eq(selector.to_string()),
                 reveal_audit::message_ids.eq(revealed.iter().map(|r| Some(r.message_id.clone())).collect::<Vec<_>>()),
@@ -106,6 +111,19 @@ pub async fn reveal(
         Ok(revealed)
     })
     .await
+}
+
+/// Switches this transaction to the `pii_revealer` role, or says the login may not.
+async fn become_revealer(conn: &mut AsyncPgConnection) -> Result<(), RevealError> {
+    diesel::define_sql_function!(fn pg_has_role(user: diesel::sql_types::Text, role: diesel::sql_types::Text, privilege: diesel::sql_types::Text) -> diesel::sql_types::Bool);
+    let member: bool = diesel::select(pg_has_role(diesel::dsl::sql("session_user"), "pii_revealer", "MEMBER"))
+        .get_result(conn)
+        .await?;
+    if !member {
+        return Err(RevealError::NotRevealer);
+    }
+    diesel::sql_query("SET LOCAL ROLE pii_revealer").execute(conn).await?;
+    Ok(())
 }
 
 fn open_row(opener: &Opener, (message_id, user_id, ip, device_id, key_id): SealedRow) -> Result<Revealed, RevealError> {
@@ -132,7 +150,7 @@ pub async fn reveal_quarantined(
     url: &str,
     opener: &Opener,
     message_id: &str,
-    who: &str,
+    who: Option<&str>,
     reason: &str,
 ) -> Result<RevealedBody, RevealError> {
     if reason.trim().is_empty() {
@@ -140,6 +158,7 @@ pub async fn reveal_quarantined(
     }
     let mut conn = connect(url).await?;
     conn.transaction(async |conn| {
+        become_revealer(conn).await?;
         let row: Option<(String, Option<Vec<u8>>, Option<String>)> = quarantined_messages::table
             .filter(quarantined_messages::message_id.eq(message_id))
             .select((
@@ -157,7 +176,7 @@ pub async fn reveal_quarantined(
         let body = opener.open_bytes(&sealed, &key_id)?;
         diesel::insert_into(reveal_audit::table)
             .values((
-                reveal_audit::who.eq(who),
+                who.map(|who| reveal_audit::who.eq(who)),
                 reveal_audit::reason.eq(reason),
                 reveal_audit::selector.eq(format!("quarantined:message_id={message_id}")),
                 reveal_audit::message_ids.eq(vec![Some(message_id.to_owned())]),

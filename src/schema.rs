@@ -1,6 +1,17 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    erasure_audit (id) {
+        id -> Int8,
+        erased_at -> Timestamptz,
+        who -> Text,
+        reason -> Text,
+        selector -> Text,
+        rows_erased -> Int8,
+    }
+}
+
+diesel::table! {
     ingest_meta (singleton) {
         singleton -> Bool,
         database_id -> Text,
@@ -30,6 +41,32 @@ diesel::table! {
         body_sealed -> Nullable<Bytea>,
         #[max_length = 64]
         seal_key_id -> Nullable<Varchar>,
+    }
+}
+
+diesel::table! {
+    rekey_audit (id) {
+        id -> Int8,
+        rekeyed_at -> Timestamptz,
+        who -> Text,
+        new_seal_key_id -> Nullable<Text>,
+        new_mask_key_id -> Nullable<Text>,
+        resealed -> Int8,
+        retokenized -> Int8,
+        skipped -> Int8,
+        rows_per_seal_key -> Jsonb,
+    }
+}
+
+diesel::table! {
+    retention_audit (id) {
+        id -> Int8,
+        applied_at -> Timestamptz,
+        who -> Text,
+        cutoff -> Date,
+        partitions_dropped -> Array<Nullable<Text>>,
+        rows_deleted -> Int8,
+        quarantine_deleted -> Int8,
     }
 }
 
@@ -74,8 +111,11 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
+    erasure_audit,
     ingest_meta,
     quarantined_messages,
+    rekey_audit,
+    retention_audit,
     reveal_audit,
     user_logins,
 );

@@ -17,7 +17,7 @@ pub struct Args {
     /// Why these values are needed (stored in the audit record).
     #[arg(long)]
     reason: String,
-    /// Who is asking (default: $USER).
+    /// Who is asking (default: the database login, session_user).
     #[arg(long)]
     who: Option<String>,
     #[arg(long, group = "selector", required = true)]
@@ -53,10 +53,10 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         _ => unreachable!("clap requires one selector"),
     };
     let opener = Opener::from_file(&args.private_key_file)?;
-    let who = who(args.who);
-    let reason = args.reason;
-    let rows =
-        pii_ingest::reveal::reveal(config.postgres.url.expose(), &opener, &selector, &who, &reason, args.limit).await?;
+    let (who, reason) = (args.who, args.reason);
+    let url = config.postgres.url.expose();
+    let rows = pii_ingest::reveal::reveal(url, &opener, &selector, who.as_deref(), &reason, args.limit).await?;
+    let who = shown(who);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -66,18 +66,25 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn who(args_who: Option<String>) -> String {
-    args_who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
+/// Who the audit record names: the person given with `--who`, else the database login.
+fn shown(who: Option<String>) -> String {
+    who.unwrap_or_else(|| "the database login".into())
 }
 
 async fn quarantined(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let opener = Opener::from_file(&args.private_key_file)?;
-    let (who, reason) = (who(args.who), args.reason);
+    let (who, reason) = (args.who, args.reason);
     let message_id = args.message_id.expect("clap requires --message-id with --quarantined");
-    let revealed =
-        pii_ingest::reveal::reveal_quarantined(config.postgres.url.expose(), &opener, &message_id, &who, &reason)
-            .await?;
+    let revealed = pii_ingest::reveal::reveal_quarantined(
+        config.postgres.url.expose(),
+        &opener,
+        &message_id,
+        who.as_deref(),
+        &reason,
+    )
+    .await?;
+    let who = shown(who);
     let mut body = revealed.body;
     // Raw line breaks in a JSON body are only white space: replaced, the body stays one JSONL line.
     if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {

@@ -2,6 +2,7 @@
 //! fresh database and one fresh queue per test.
 
 mod alerts;
+mod audit;
 mod bounded;
 mod chaos;
 mod cli;
