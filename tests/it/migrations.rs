@@ -23,12 +23,12 @@ const SCHEMA_OBJECTS: &str = "
         UNION ALL SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql'
     ) objects";
 
-/// What keeps `DROP ROLE pii_analyst, pii_ingester` from working because of this database: any
+/// What keeps `DROP ROLE pii_analyst, pii_ingester, pii_revealer` from working because of this database: any
 /// privilege or ownership they hold on it or in it (`pg_shdepend`, what DROP ROLE checks).
 const ROLE_DEPENDENCIES: &str = "
     SELECT coalesce(string_agg(r.rolname || ' ' || d.classid::regclass::text || ' ' || d.deptype::text, E'\\n'), '') AS text
     FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
-    WHERE r.rolname IN ('pii_analyst', 'pii_ingester')
+    WHERE r.rolname IN ('pii_analyst', 'pii_ingester', 'pii_revealer')
       AND (d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
            OR (d.classid = 'pg_database'::regclass
                AND d.objid = (SELECT oid FROM pg_database WHERE datname = current_database())))";
