@@ -12,8 +12,8 @@
 //! | --- | --- | --- |
 //! | [`startup`] | assemble a pipeline from config; every startup failure | all services |
 //! | [`config`] | figment layering (defaults < file < env < flags) and validation | files, env |
-//! | [`event`] | the login event: parse, validate, reason codes for rejects | nothing (pure) |
-//! | [`mask`] | keyed HMAC-SHA256 tokens, masked bodies for quarantine | nothing (pure) |
+//! | [`event`] | the login event: unwrap envelopes, parse within caps, validate, reason codes for rejects | nothing (pure) |
+//! | [`mask`] | keyed HMAC-SHA256 tokens; default-deny masked bodies for quarantine | nothing (pure) |
 //! | [`reveal`] | audited reveal of sealed PII | Postgres |
 //! | [`rekey`] | re-seal rows and re-derive tokens under new keys, resumable | Postgres |
 //! | [`seal`] | X25519 sealed boxes: seal with the public key, open with the private | key files |
