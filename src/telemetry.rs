@@ -3,7 +3,13 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata, Subscriber};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -23,9 +29,16 @@ const PAYLOAD_LOGGERS: [&str; 9] = [
 
 /// The filter for `RUST_LOG` or `configured`, with payload-logging libraries capped.
 pub fn filter(configured: &str) -> EnvFilter {
-    let mut filter = EnvFilter::try_from_default_env()
+    let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(configured))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    capped(filter)
+}
+
+/// `filter` with a directive capping each payload logger at `info`. A directive only sets a default:
+/// a more specific one (`aws_smithy_runtime::client=trace`) or a span directive (`[invoke]=trace`)
+/// still wins, so [`layer`] enforces the cap on its own as well.
+fn capped(mut filter: EnvFilter) -> EnvFilter {
     for target in PAYLOAD_LOGGERS {
         // A directive for a plain target name always parses.
         filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
@@ -33,17 +46,35 @@ pub fn filter(configured: &str) -> EnvFilter {
     filter
 }
 
+/// Whether a span or event may be written: nothing below `info` from a payload logger (or any of its
+/// modules), whatever the filter enables.
+fn under_payload_cap(metadata: &Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let payload_logger = PAYLOAD_LOGGERS
+        .iter()
+        .any(|name| target.strip_prefix(name).is_some_and(|rest| rest.is_empty() || rest.starts_with("::")));
+    !payload_logger || *metadata.level() <= Level::INFO
+}
+
+/// The formatting layer: `format` lines to `writer`, through `filter` and the payload cap.
+fn layer<S, W>(format: LogFormat, ansi: bool, writer: W, filter: EnvFilter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = filter.and(filter_fn(under_payload_cap));
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    match format {
+        LogFormat::Text => layer.with_target(false).with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
+    }
+}
+
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init(config: &LogConfig) {
-    let filter = filter(&config.filter);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref()));
-    match config.format {
-        LogFormat::Text => builder.with_target(false).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let layer = layer(config.format, ansi, std::io::stderr, filter(&config.filter));
+    tracing_subscriber::registry().with(layer).init();
 }
 
 /// Colours (ANSI escape codes) only for a person at a terminal: never into a pipe, a file, a
@@ -82,5 +113,67 @@ mod tests {
     fn no_color_turns_colours_off_unless_empty() {
         assert!(!colour(true, Some(OsStr::new("1"))));
         assert!(colour(true, Some(OsStr::new(""))), "no-color.org: an empty NO_COLOR is ignored");
+    }
+}
+
+#[cfg(test)]
+mod payload_cap_tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the real subscriber writes for one trace event of `target` inside a span named
+    /// `invoke`, under the filter `directives`.
+    fn logged(directives: &str, target_is_payload_logger: bool) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let filter = super::capped(tracing_subscriber::EnvFilter::new(directives));
+        let layer = super::layer(super::LogFormat::Text, false, move || writer.clone(), filter);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("invoke");
+            let _inside = span.enter();
+            if target_is_payload_logger {
+                tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", "body=planted-593-47-5928");
+            } else {
+                tracing::trace!(target: "pii_ingest::pipeline", "batch committed");
+            }
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn payload_loggers_stay_capped_at_info_whatever_directive_names_them() {
+        for directives in [
+            "trace",
+            "aws_smithy_runtime=trace",
+            "aws_smithy_runtime::client=trace",
+            "aws_smithy_runtime::client::orchestrator=trace",
+            "[invoke]=trace",
+        ] {
+            let out = logged(directives, true);
+            assert!(!out.contains("planted"), "RUST_LOG={directives} let a payload logger's trace through: {out}");
+        }
+    }
+
+    #[test]
+    fn our_own_trace_lines_still_follow_the_filter() {
+        assert!(logged("pii_ingest=trace", false).contains("batch committed"));
+        assert!(!logged("info", false).contains("batch committed"));
     }
 }
