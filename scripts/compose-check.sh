@@ -297,6 +297,7 @@ main() {
   build_standins
   pick_compose
   trap cleanup EXIT
+  trap 'exit 130' INT TERM
 
   # The masking key, as a compose secret file (never an environment variable). Readable inside the
   # container by the ingester's uid; its folder is private to this user on the host.

@@ -94,6 +94,25 @@ fn compose_file_is_valid_and_has_a_monitoring_profile() {
     // The merge key kept the shared environment.
     assert!(str_at(&compose, &["services", "ingester", "environment", "PII_INGEST__POSTGRES__URL"]).is_some());
 
+    // The masking key is a compose secret (a file), never an environment variable.
+    let ingester_env = keys(&compose["services"]["ingester"]["environment"]);
+    assert!(!ingester_env.iter().any(|k| k == "PII_INGEST__MASKING__KEY"), "{ingester_env:?}");
+    let key_file = str_at(&compose, &["services", "ingester", "environment", "PII_INGEST__MASKING__KEY_FILE"]);
+    assert_eq!(key_file, Some("/run/secrets/masking_key"));
+    let secrets = compose["services"]["ingester"]["secrets"].as_sequence().expect("the ingester lists its secrets");
+    assert_eq!(secrets.iter().filter_map(Value::as_str).collect::<Vec<_>>(), ["masking_key"]);
+    assert!(str_at(&compose, &["secrets", "masking_key", "file"]).is_some(), "masking_key is a file secret");
+
+    // Every long-running service has a health check; the ingester's is a subcommand the binary has.
+    for service in ["postgres", "localstack", "ingester"] {
+        assert!(services.get(service).and_then(|s| s.get("healthcheck")).is_some(), "{service} has no healthcheck");
+    }
+    let test = compose["services"]["ingester"]["healthcheck"]["test"].as_sequence().expect("a healthcheck test list");
+    let test: Vec<&str> = test.iter().filter_map(Value::as_str).collect();
+    assert_eq!(test[..2], ["CMD", "pii-ingest"], "{test:?}");
+    let help = Command::new(env!("CARGO_BIN_EXE_pii-ingest")).args(&test[2..]).arg("--help").output().unwrap();
+    assert!(help.status.success(), "the binary does not accept {test:?}");
+
     // Files bind-mounted into the monitoring services exist.
     for service in ["prometheus", "grafana"] {
         let Some(Value::Sequence(volumes)) = services.get(service).and_then(|s| s.get("volumes")) else { continue };
