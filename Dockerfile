@@ -1,8 +1,12 @@
 # pii-ingest container image.
 #
 #   docker build -t pii-ingest .
-#   docker run --rm -e PII_INGEST__MASKING__KEY=... -e PII_INGEST__POSTGRES__URL=... \
+#   docker run --rm -v "$PWD/secrets/masking.key:/run/secrets/masking_key:ro" \
+#              -e PII_INGEST__MASKING__KEY_FILE=/run/secrets/masking_key -e PII_INGEST__POSTGRES__URL=... \
 #              -e PII_INGEST__SQS__ENDPOINT_URL=... pii-ingest run
+#
+# The health check is `pii-ingest health` (this image has no curl). scripts/compose-check.sh builds
+# and runs this file for real (docs/compose-check.md).
 #
 # The build needs only the Rust toolchain and gcc (no libpq, OpenSSL or cmake). `migrations/` is
 # compiled into the binary (diesel `embed_migrations!`), so it is part of the build context.
