@@ -181,6 +181,12 @@ pub struct PostgresConfig {
     pub write_timeout_seconds: u64,
     /// Idle time before TCP keepalive probes start on a Postgres connection, in seconds.
     pub keepalive_idle_seconds: u64,
+    /// libpq's `sslmode` for every connection, when `url` has no `sslmode` parameter (the URL wins).
+    /// Unset and absent from the URL: `prefer`.
+    pub sslmode: Option<crate::db::tls::SslMode>,
+    /// CA certificates (a PEM file or bundle, or `system`) when `url` has no `sslrootcert` (the URL
+    /// wins). Unset: the system's root certificates.
+    pub sslrootcert: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -194,6 +200,8 @@ impl Default for PostgresConfig {
             idle_in_transaction_timeout_seconds: 60,
             write_timeout_seconds: 60,
             keepalive_idle_seconds: 30,
+            sslmode: None,
+            sslrootcert: None,
         }
     }
 }
@@ -406,7 +414,12 @@ impl Config {
 
     /// Extracts and validates a config from a figment (with any flag overrides already merged).
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        // Every connection reads its TLS settings from the URL: the keys go there as defaults.
+        let postgres = &mut config.postgres;
+        let url =
+            crate::db::tls::with_defaults(postgres.url.expose(), postgres.sslmode, postgres.sslrootcert.as_deref());
+        postgres.url = Secret(url);
         config.validate()?;
         Ok(config)
     }
@@ -443,6 +456,9 @@ impl Config {
             && !self.postgres.url.expose().starts_with("postgresql://")
         {
             return Err(invalid("postgres.url", "a URL starting with postgres://"));
+        }
+        if let Err(problem) = crate::db::tls::split_url(self.postgres.url.expose()) {
+            return Err(invalid("postgres.url", problem.to_string()));
         }
         if self.postgres.pool_size == 0 {
             return Err(invalid("postgres.pool_size", "at least 1"));
@@ -712,6 +728,46 @@ mod tests {
             let from_file = config.masker().unwrap();
             let direct = Masker::new("z".repeat(40).as_bytes(), None).unwrap();
             assert_eq!(from_file.token("v"), direct.token("v"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_keys_are_defaults_for_the_url_and_a_url_parameter_wins() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "config.toml",
+                "[postgres]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/rds.pem\"\n",
+            )?;
+            jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:pw@db/x?sslmode=require");
+            let config = Config::from_figment(Config::figment(None)).unwrap();
+            assert_eq!(
+                config.postgres.url.expose(),
+                "postgres://app:pw@db/x?sslmode=require&sslrootcert=/etc/ssl/rds.pem"
+            );
+            jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:pw@db/x");
+            let config = Config::from_figment(Config::figment(None)).unwrap();
+            assert_eq!(
+                config.postgres.url.expose(),
+                "postgres://app:pw@db/x?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_sslmode_names_the_key_it_came_from() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:hunter2@db/x?sslmode=verify");
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "configuration key `postgres.url`: sslmode=\"verify\" is not one of disable, prefer, require, verify-ca, verify-full"
+            );
+            jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://db/x");
+            jail.set_env("PII_INGEST__POSTGRES__SSLMODE", "verify");
+            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            assert!(error.to_lowercase().contains("postgres.sslmode") && error.contains("verify-full"), "{error}");
             Ok(())
         });
     }
