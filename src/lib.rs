@@ -20,7 +20,7 @@
 //! | [`ledger`] | sled skip-cache of committed message ids | its sled directory |
 //! | [`source`] | receive / delete / drained? behind the [`source::Source`] trait; SQS impl | SQS |
 //! | [`sink`] | one Postgres transaction per batch, `ON CONFLICT (message_id) DO NOTHING` | Postgres |
-//! | [`db`] | pool, embedded migrations, database creation | Postgres |
+//! | [`db`] | the one connect helper (TLS per `sslmode`: [`db::tls`]), pool, embedded migrations, database creation | Postgres |
 //! | [`pipeline`] | receive -> skip known -> judge -> write -> record -> delete | all of the above |
 //! | [`server`] | HTTP: `/metrics`, `/healthz`, `/readyz`; polled gauges | SQS, Postgres, ledger |
 //! | [`progress`] | progress bars on a terminal, silent elsewhere | stderr |
