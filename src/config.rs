@@ -740,13 +740,13 @@ mod tests {
                 "[postgres]\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/rds.pem\"\n",
             )?;
             jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:pw@db/x?sslmode=require");
-            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
             assert_eq!(
                 config.postgres.url.expose(),
                 "postgres://app:pw@db/x?sslmode=require&sslrootcert=/etc/ssl/rds.pem"
             );
             jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:pw@db/x");
-            let config = Config::from_figment(Config::figment(None)).unwrap();
+            let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
             assert_eq!(
                 config.postgres.url.expose(),
                 "postgres://app:pw@db/x?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem"
@@ -759,14 +759,14 @@ mod tests {
     fn a_bad_sslmode_names_the_key_it_came_from() {
         Jail::expect_with(|jail| {
             jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://app:hunter2@db/x?sslmode=verify");
-            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            let error = Config::from_figment(Config::figment(None).unwrap()).unwrap_err().to_string();
             assert_eq!(
                 error,
                 "configuration key `postgres.url`: sslmode=\"verify\" is not one of disable, prefer, require, verify-ca, verify-full"
             );
             jail.set_env("PII_INGEST__POSTGRES__URL", "postgres://db/x");
             jail.set_env("PII_INGEST__POSTGRES__SSLMODE", "verify");
-            let error = Config::from_figment(Config::figment(None)).unwrap_err().to_string();
+            let error = Config::from_figment(Config::figment(None).unwrap()).unwrap_err().to_string();
             assert!(error.to_lowercase().contains("postgres.sslmode") && error.contains("verify-full"), "{error}");
             Ok(())
         });

@@ -1,17 +1,26 @@
 //! Database plumbing: the connection pool, the embedded migrations (the same files `diesel migration
 //! run` applies), creating the database itself when it is missing, and the session limits every
 //! connection of the ingester carries (connect and statement timeouts, TCP keepalives).
+//!
+//! Every connection to Postgres is opened by [`open`] (through [`connect`], [`connect_client`] and
+//! the pool), which speaks TLS as the URL's `sslmode` and `sslrootcert` say ([`tls`]).
 
 use std::time::Duration;
 
 pub mod tls;
 
+use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
+use diesel_async::RunQueryDsl;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio_postgres::Client;
+
+use tls::{ConnectError, PgConnection, Target};
 
 /// The migrations under `migrations/`, compiled in.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -24,7 +33,7 @@ pub enum DbError {
     Connect {
         url: String,
         #[source]
-        source: diesel::ConnectionError,
+        source: ConnectError,
     },
     #[error("could not build the connection pool")]
     Pool(#[source] diesel_async::pooled_connection::deadpool::BuildError),
@@ -93,20 +102,75 @@ pub fn with_session_limits(url: &str, limits: &SessionLimits) -> String {
     format!("{base}?{}", params.join("&"))
 }
 
-/// A pool of at most `size` connections to `url`.
+/// Opens a connection to `target`: the single place where this crate reaches a Postgres server, so
+/// transport settings (TLS, per the URL's `sslmode` and `sslrootcert`) are made here and nowhere else.
+async fn open(target: &Target) -> Result<(Client, PgConnection), ConnectError> {
+    target.connect().await
+}
+
+/// `url` parsed, its TLS settings and root certificates loaded.
+fn target(url: &str) -> Result<Target, DbError> {
+    Target::parse(url).map_err(connect_failed(url))
+}
+
+/// Wraps a connection failure with the URL, password redacted.
+fn connect_failed(url: &str) -> impl FnOnce(ConnectError) -> DbError + '_ {
+    move |source| DbError::Connect { url: crate::config::redact_url_password(url), source }
+}
+
+/// A tokio-postgres client on a new connection to `url`, and the connection task the caller runs.
+pub async fn connect_raw(url: &str) -> Result<(Client, PgConnection), DbError> {
+    open(&target(url)?).await.map_err(connect_failed(url))
+}
+
+/// A tokio-postgres client on a new connection to `url` (pings, queries); the connection runs on a
+/// task of its own and ends when the client is dropped or the server goes away.
+pub async fn connect_client(url: &str) -> Result<Client, DbError> {
+    let (client, connection) = connect_raw(url).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, "Postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A diesel connection to `url`.
+pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
+    let (client, connection) = open(&target(url)?).await.map_err(connect_failed(url))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await.map_err(|source| DbError::Connect {
+        url: crate::config::redact_url_password(url),
+        source: ConnectError::Setup(source),
+    })
+}
+
+/// How the pool opens its connections: through [`open`], like every other connection.
+fn establish(target: Target) -> BoxFuture<'static, diesel::ConnectionResult<AsyncPgConnection>> {
+    async move {
+        // diesel's error type holds only text here (as diesel-async's own `establish` does); the
+        // text is ConnectError's one line, which never holds the URL or its password.
+        let (client, connection) = open(&target).await.map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+    .boxed()
+}
+
+/// A pool of at most `size` connections to `url`. The URL and its root certificates are read once,
+/// here, so a bad `sslrootcert` fails at startup rather than at the first checkout.
 pub fn pool(url: &str, size: usize) -> Result<PgPool, DbError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let target = target(url)?;
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |_url| establish(target.clone()));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager).max_size(size).build().map_err(DbError::Pool)
 }
 
 /// Applies pending migrations; returns the versions applied.
 pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
-    let url = url.to_owned();
-    let shown = crate::config::redact_url_password(&url);
+    let conn = connect(url).await?;
     // The migration harness is synchronous; it runs over the async connection on a blocking thread.
     tokio::task::spawn_blocking(move || {
-        let mut conn = <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
-            .map_err(|source| DbError::Connect { url: shown, source })?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let done = conn.run_pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
         Ok(done.iter().map(|v| v.to_string()).collect())
     })
@@ -124,9 +188,7 @@ pub async fn check_migrated(url: &str) -> Result<(), DbError> {
         version: String,
     }
     let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map_err(DbError::Migrate)?;
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
+    let mut conn = connect(url).await?;
     let applied: Vec<Applied> =
         diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(&mut conn).await.unwrap_or_default(); // no migration table yet: nothing is applied
     let pending =
@@ -138,9 +200,7 @@ pub async fn check_migrated(url: &str) -> Result<(), DbError> {
 pub async fn database_id(url: &str) -> Result<String, DbError> {
     use crate::schema::ingest_meta;
     use diesel::QueryDsl;
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
+    let mut conn = connect(url).await?;
     ingest_meta::table
         .select(ingest_meta::database_id)
         .first(&mut conn)
@@ -151,11 +211,8 @@ pub async fn database_id(url: &str) -> Result<String, DbError> {
 /// Creates the database named in `url` if it does not exist, connecting to the server's `postgres`
 /// database. Returns whether it was created.
 pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
-    let (server, name) = split_database(url)?;
-    let admin_url = format!("{server}/postgres");
-    let mut conn = AsyncPgConnection::establish(&admin_url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(&admin_url), source })?;
+    let (admin_url, name) = split_database(url)?;
+    let mut conn = connect(&admin_url).await?;
     match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
         Ok(_) => Ok(true),
         Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
@@ -165,11 +222,8 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
 
 /// Drops the database named in `url` (tests use it to clean up after themselves).
 pub async fn drop_database(url: &str) -> Result<(), DbError> {
-    let (server, name) = split_database(url)?;
-    let admin_url = format!("{server}/postgres");
-    let mut conn = AsyncPgConnection::establish(&admin_url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(&admin_url), source })?;
+    let (admin_url, name) = split_database(url)?;
+    let mut conn = connect(&admin_url).await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await
@@ -177,10 +231,10 @@ pub async fn drop_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// `postgres://u@h:5432/db?x=y` -> (`postgres://u@h:5432`, `db`). The name is checked so it can be
-/// quoted into DDL safely.
+/// `postgres://u@h:5432/db?x=y` -> (`postgres://u@h:5432/postgres?x=y`, `db`): the same server with
+/// the same settings (TLS among them), and the database name, checked so it can be quoted into DDL.
 fn split_database(url: &str) -> Result<(String, String), DbError> {
-    let without_query = url.split('?').next().unwrap_or(url);
+    let (without_query, query) = url.split_once('?').map_or((url, String::new()), |(u, q)| (u, format!("?{q}")));
     let (server, name) = without_query
         .rsplit_once('/')
         .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
@@ -188,7 +242,7 @@ fn split_database(url: &str) -> Result<(String, String), DbError> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(DbError::BadName(crate::config::redact_url_password(url)));
     }
-    Ok((server.to_owned(), name.to_owned()))
+    Ok((format!("{server}/postgres{query}"), name.to_owned()))
 }
 
 #[cfg(test)]
@@ -228,9 +282,14 @@ mod tests {
     }
 
     #[test]
-    fn database_name_is_split_from_the_url() {
-        let (server, name) = split_database("postgres://u:p@h:5432/pii_ingest?sslmode=disable").unwrap();
-        assert_eq!((server.as_str(), name.as_str()), ("postgres://u:p@h:5432", "pii_ingest"));
+    fn the_admin_url_keeps_the_servers_settings_and_the_name_is_checked() {
+        let (admin, name) = split_database("postgres://u:p@h:5432/pii_ingest?sslmode=verify-full").unwrap();
+        assert_eq!(
+            (admin.as_str(), name.as_str()),
+            ("postgres://u:p@h:5432/postgres?sslmode=verify-full", "pii_ingest")
+        );
+        let (admin, _) = split_database("postgres://h/pii_ingest").unwrap();
+        assert_eq!(admin, "postgres://h/postgres");
         assert!(split_database("postgres://h/bad\"name").is_err());
         assert!(split_database("postgres://h").is_err());
     }

@@ -265,7 +265,5 @@ async fn audit(conn: &mut AsyncPgConnection, plan: &Plan<'_>, done: &Rekeyed) ->
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
-    AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })
+    crate::db::connect(url).await
 }

@@ -189,7 +189,5 @@ pub async fn reveal_quarantined(
 }
 
 async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
-    AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })
+    crate::db::connect(url).await
 }

@@ -168,7 +168,7 @@ async fn check(ops: &Ops) -> (&'static str, Option<Depth>) {
 /// `ok`, or why the ingester cannot write there: unreachable, or read-only (a standby in recovery,
 /// or `default_transaction_read_only` on).
 async fn postgres_state(url: &str) -> &'static str {
-    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+    let Ok((client, connection)) = crate::db::connect_raw(url).await else {
         return "unreachable";
     };
     let driver = tokio::spawn(connection);

@@ -25,7 +25,6 @@ use pii_ingest::mask::Masker;
 use pii_ingest::sink::NewLogin;
 use pii_ingest::sink::copy::copy_logins;
 use pii_ingest::{db, seed, source};
-use tokio_postgres::NoTls;
 
 #[derive(Parser)]
 struct Args {
@@ -144,8 +143,7 @@ async fn backlog(
     let started = Instant::now();
     let usage = wait_with_peak_rss(spawn(ingester, &["run", "--until-empty", "--json"], &env)?)?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let (pg, connection) = tokio_postgres::connect(&db_url, NoTls).await?;
-    tokio::spawn(connection);
+    let pg = pii_ingest::db::connect_client(&db_url).await?;
     let rows: i64 = pg.query_one("SELECT count(*) FROM user_logins", &[]).await?.get(0);
     let quarantined: i64 = pg.query_one("SELECT count(*) FROM quarantined_messages", &[]).await?.get(0);
     if (rows + quarantined) as usize != n {
@@ -242,17 +240,14 @@ async fn bare_copy(db_url: &str, lines: &[String], streams: usize) -> anyhow::Re
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let (client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
-    tokio::spawn(connection);
+    let client = pii_ingest::db::connect_client(db_url).await?;
     client
         .batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)")
         .await?;
     // As many COPY streams as the ingester has writers, each one transaction over its share.
     let mut clients = Vec::new();
     for _ in 0..streams {
-        let (client, connection) = tokio_postgres::connect(db_url, NoTls).await?;
-        tokio::spawn(connection);
-        clients.push(client);
+        clients.push(pii_ingest::db::connect_client(db_url).await?);
     }
     let share = rows.len().div_ceil(streams);
     let started = Instant::now();
@@ -349,8 +344,7 @@ async fn latency(
         }
         tokio::time::sleep(tick).await;
     }
-    let (mut pg, connection) = tokio_postgres::connect(&db_url, NoTls).await?;
-    tokio::spawn(connection);
+    let mut pg = pii_ingest::db::connect_client(&db_url).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n: i64 = pg.query_one("SELECT count(*) FROM user_logins", &[]).await?.get(0);
@@ -445,7 +439,7 @@ fn ingest_env(args: &Args, db_url: &str, queue: &str, work: &std::path::Path, ta
 
 fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
     Command::new(binary)
-        .args(["--config", "/dev/null"])
+        .args(["--config", "/nonexistent/config.toml"])
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k, v)))

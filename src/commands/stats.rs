@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::dsl::{count_star, max, min};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
 use pii_ingest::config::Config;
@@ -59,9 +59,7 @@ pub struct Summary {
 
 /// Reads the summary from the database at `url`.
 pub async fn read(url: &str) -> Result<Summary, DbError> {
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: pii_ingest::config::redact_url_password(url), source })?;
+    let mut conn = pii_ingest::db::connect(url).await?;
     let query = |source| DbError::Query { what: "read the summary", source };
     let (rows, first_date, last_date, last_ingest) = user_logins::table
         .select((

@@ -16,10 +16,10 @@
 use std::pin::pin;
 
 use tokio::sync::Mutex;
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
 
 use super::WriteLimits;
 use super::insert::{NewLogin, NewQuarantined, SinkError, Written};
@@ -186,17 +186,19 @@ impl CopySink {
     async fn connect(&self) -> Result<Connection, SinkError> {
         let connect = async {
             let connection = self.connect_plain().await?;
-            connection.client.batch_execute(CREATE_STAGING).await?;
+            connection.client.batch_execute(CREATE_STAGING).await.map_err(SinkError::Copy)?;
             Ok(connection)
         };
         match tokio::time::timeout(self.limits.connect, connect).await {
-            Ok(connection) => connection.map_err(SinkError::Copy),
+            Ok(connection) => connection,
             Err(_) => Err(SinkError::Timeout { what: "connect", after: self.limits.connect }),
         }
     }
 
-    async fn connect_plain(&self) -> Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+    /// A connection through the crate's one connect helper (TLS as the URL says), without the
+    /// staging table.
+    async fn connect_plain(&self) -> Result<Connection, SinkError> {
+        let (client, connection) = crate::db::connect_raw(&self.url).await.map_err(SinkError::Connect)?;
         // The connection task ends when the client is dropped or the server goes away; the next
         // write then sees a closed client and reconnects.
         let driver = tokio::spawn(async move {

@@ -84,6 +84,8 @@ pub enum SinkError {
     Query(#[source] DieselError),
     #[error("Postgres refused the COPY write")]
     Copy(#[source] tokio_postgres::Error),
+    #[error("no Postgres connection for the COPY writer")]
+    Connect(#[source] crate::db::DbError),
     #[error("Postgres did not answer the {what} within {after:?}; the connection is dropped")]
     Timeout { what: &'static str, after: std::time::Duration },
 }
@@ -92,7 +94,7 @@ impl SinkError {
     /// Retry or split: the single decision point for database failures.
     pub fn disposition(&self) -> Disposition {
         let error = match self {
-            SinkError::Pool(_) | SinkError::Timeout { .. } => return Disposition::Retry,
+            SinkError::Pool(_) | SinkError::Connect(_) | SinkError::Timeout { .. } => return Disposition::Retry,
             SinkError::Copy(error) => return copy_disposition(error),
             SinkError::Query(error) => error,
         };
@@ -135,6 +137,9 @@ impl SinkError {
     pub fn summary(&self) -> String {
         match self {
             SinkError::Pool(e) => format!("no connection: {e}"),
+            SinkError::Connect(e) => {
+                format!("no connection: {}", std::error::Error::source(e).map_or(String::new(), ToString::to_string))
+            }
             SinkError::Timeout { .. } => self.to_string(),
             SinkError::Query(DieselError::DatabaseError(kind, info)) => {
                 let mut text = format!("{kind:?}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::QueueAttributeName;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use pii_ingest::config::SqsConfig;
 use pii_ingest::counters::{Report, Stats};
 use pii_ingest::event::Rules;
@@ -61,7 +61,7 @@ impl TestDb {
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url).await.expect("test database accepts connections")
+        db::connect(&self.url).await.expect("test database accepts connections")
     }
 
     /// The sink named by `PII_INGEST_TEST_SINK` (`copy`, the default, or `insert`), so the whole

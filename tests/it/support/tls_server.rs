@@ -3,6 +3,9 @@
 //! `localhost` made at test time with the `openssl` CLI, `ssl = on`, and a `pg_hba.conf` of `hostssl`
 //! lines only, with SCRAM passwords.
 //!
+//! [`plain_server`] is the same without TLS (`ssl = off`, `host` lines), to show what `prefer` and
+//! `require` do against a server that refuses TLS (the main test server has Debian's `ssl = on`).
+//!
 //! Started once per test binary run, on first use. The postmaster is a child of a thread that lives
 //! as long as the test process and is told by the kernel (`PR_SET_PDEATHSIG`) to shut down when the
 //! process ends, however it ends; each run gets a directory of its own under `target/tmp`, and
@@ -44,15 +47,24 @@ impl TlsServer {
 /// The server, started on first call. Panics with what is missing if it cannot start.
 pub fn tls_server() -> &'static TlsServer {
     static SERVER: OnceLock<TlsServer> = OnceLock::new();
-    SERVER
-        .get_or_init(|| start().unwrap_or_else(|problem| panic!("the TLS-only test Postgres did not start: {problem}")))
+    SERVER.get_or_init(|| {
+        start(true).unwrap_or_else(|problem| panic!("the TLS-only test Postgres did not start: {problem}"))
+    })
 }
 
-fn start() -> Result<TlsServer, String> {
+/// A server with TLS off (same user and password), started on first call.
+pub fn plain_server() -> &'static TlsServer {
+    static SERVER: OnceLock<TlsServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        start(false).unwrap_or_else(|problem| panic!("the plaintext test Postgres did not start: {problem}"))
+    })
+}
+
+fn start(tls: bool) -> Result<TlsServer, String> {
     let bin = postgres_bindir()?;
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls-postgres");
     remove_stale_runs(&base);
-    let dir = base.join(std::process::id().to_string());
+    let dir = base.join(format!("{}-{}", std::process::id(), if tls { "tls" } else { "plain" }));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let server =
         TlsServer { port: super::binary::free_port(), ca: dir.join("ca.crt"), other_ca: dir.join("other-ca.crt") };
@@ -71,7 +83,7 @@ fn start() -> Result<TlsServer, String> {
         "UTF8",
         "--no-sync",
     ])))?;
-    configure(&dir, &data, server.port)?;
+    configure(&dir, &data, server.port, tls)?;
     spawn_postmaster(&bin, &data, &dir)?;
     wait_ready(&bin, server.port)?;
     Ok(server)
@@ -91,8 +103,9 @@ fn postgres_bindir() -> Result<PathBuf, String> {
 /// Deletes the directories of earlier runs whose process is gone (a killed run leaves its own).
 fn remove_stale_runs(base: &Path) {
     for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
-        let pid = entry.file_name().to_string_lossy().into_owned();
-        if !Path::new("/proc").join(&pid).exists() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().unwrap_or_default();
+        if pid.is_empty() || !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -164,21 +177,26 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Port, TLS on, no Unix socket, small and fast (the data is thrown away), and `hostssl` only.
-fn configure(dir: &Path, data: &Path, port: u16) -> Result<(), String> {
+/// Port, TLS on (or off), no Unix socket, small and fast (the data is thrown away), and `hostssl`
+/// lines only (or `host`).
+fn configure(dir: &Path, data: &Path, port: u16, tls: bool) -> Result<(), String> {
     let settings = format!(
         "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n\
-         ssl = on\nssl_cert_file = '{dir}/server.crt'\nssl_key_file = '{dir}/server.key'\n\
+         ssl = {ssl}\nssl_cert_file = '{dir}/server.crt'\nssl_key_file = '{dir}/server.key'\n\
          shared_buffers = 16MB\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
          max_connections = 60\nlog_min_messages = warning\n",
-        dir = dir.display()
+        dir = dir.display(),
+        ssl = if tls { "on" } else { "off" },
     );
     let conf = data.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).map_err(|e| e.to_string())?;
     text.push_str(&settings);
     std::fs::write(&conf, text).map_err(|e| e.to_string())?;
-    let hba = "# TLS only, as a managed service with rds.force_ssl = 1\n\
-               hostssl all all 127.0.0.1/32 scram-sha-256\n";
+    let hba = if tls {
+        "# TLS only, as a managed service with rds.force_ssl = 1\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+    } else {
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    };
     std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| e.to_string())
 }
 
