@@ -27,6 +27,16 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub sealing: SealingConfig,
     pub fields: FieldsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long rows and quarantine records are kept (`[retention]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Rows and quarantine records whose date is older than this many days are removed by
+    /// `pii-ingest retention`; unset: kept forever.
+    pub days: Option<u32>,
 }
 
 /// The names a producer may give each login field (`[fields]`); a body may use any one of them.

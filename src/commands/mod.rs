@@ -17,6 +17,7 @@ mod keygen;
 mod migrate;
 mod rekey;
 mod replay;
+mod retention;
 mod reveal;
 mod run;
 mod seed;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Feed a JSONL file through the write path (backfills, dead-letter dumps). Each line's id is the
     /// file's content hash + its line number: replaying a file twice writes nothing new.
     Replay(replay::Args),
+    /// Remove rows and quarantine records older than retention.days (--older-than-days N), print
+    /// what was removed and record it in retention_audit; --dry-run only counts.
+    Retention(retention::Args),
     /// Rows, date range, quarantined by reason, ledger entries, last ingest time.
     Stats(stats::Args),
     /// Write an X25519 key pair for sealing PII: DIR/seal.pub (give it to the ingester as
@@ -86,6 +90,7 @@ impl Command {
             Command::Migrate(args) => migrate::run(args, &config).await,
             Command::Seed(args) => seed::run(args, &config).await,
             Command::Replay(args) => replay::run(args, config).await,
+            Command::Retention(args) => retention::run(args, &config).await,
             Command::Stats(args) => stats::run(args, &config).await,
             Command::Keygen(args) => keygen::run(args),
             Command::Reveal(args) => reveal::run(args, &config).await,

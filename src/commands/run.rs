@@ -45,5 +45,13 @@ pub async fn run(Args { until_empty, json }: Args, config: Config) -> anyhow::Re
             tracing::warn!(listen = %listen, error = %error, "metrics.listen is unavailable; running without /metrics, /healthz, /readyz");
         }
     }
-    super::drain::drain(pipeline, json, bar).await
+    let retention = config
+        .retention
+        .days
+        .map(|days| pii_ingest::retention::spawn_daily(config.postgres.url.expose().to_owned(), days));
+    let outcome = super::drain::drain(pipeline, json, bar).await;
+    if let Some(task) = retention {
+        task.abort();
+    }
+    outcome
 }

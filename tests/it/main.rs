@@ -12,6 +12,7 @@ mod masking;
 mod migrations;
 mod pii_corpus;
 mod quarantine;
+mod retention;
 mod sealing;
 mod server;
 mod support;
