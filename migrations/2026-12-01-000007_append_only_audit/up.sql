@@ -4,7 +4,7 @@
 -- (only the owner can disable a trigger, and doing so is itself visible in the catalog and in its log).
 -- `who` defaults to session_user: the login that connected, which SET ROLE does not change.
 
-CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege',
