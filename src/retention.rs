@@ -59,9 +59,7 @@ const EXPIRED_PARTITIONS: &str = "
 
 /// Removes everything dated before `cutoff` (nothing when `dry_run`, which only counts).
 pub async fn apply(url: &str, cutoff: NaiveDate, dry_run: bool) -> Result<Removed, RetentionError> {
-    let mut conn = AsyncPgConnection::establish(url)
-        .await
-        .map_err(|source| DbError::Connect { url: crate::config::redact_url_password(url), source })?;
+    let mut conn = crate::db::connect(url).await?;
     conn.transaction(async |conn| {
         let mut removed = Removed { cutoff, dry_run, ..Removed::default() };
         let mut expired: Vec<Expired> =
