@@ -8,6 +8,10 @@
 #   peak RSS and CPU while draining, and sent->commit latency at half the measured rate.
 # Arguments go to pii-bench: --messages N (100000) --rows N (200000) --rounds R (5) --receivers N (8)
 #   --latency-seconds S (20; 0 skips) --backlog N (0; 1000000 is the figure, ~10 more minutes)
+#   --large N (0; 1500 is the figure: peak RSS draining ~1 MiB bodies mixed with small ones, with
+#     default settings and with 5x the batch and 2x the receivers; the feed runs at the emulator's pace,
+#     about 2 MiB/s here, so 1500 takes about 25 minutes; run it against a second emulator:
+#     PII_INGEST_EMULATOR_PORT=4577 scripts/emulator.sh start, then --sqs-endpoint http://127.0.0.1:4577)
 #   --skip-sqs --skip-postgres
 # Takes about 6 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
 set -euo pipefail
