@@ -136,7 +136,12 @@ async fn sqs_side(args: &Args, ingester: &PathBuf, work: &std::path::Path, table
 /// Peak RSS while draining `args.large` bodies of about 1 MiB (half logins with a large extra field,
 /// half not JSON) mixed with 4 small logins each: with defaults, then with batch settings that would
 /// multiply the peak if counts, not bytes, bounded it.
-async fn large_bodies(args: &Args, ingester: &PathBuf, work: &std::path::Path, table: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn large_bodies(
+    args: &Args,
+    ingester: &PathBuf,
+    work: &std::path::Path,
+    table: &mut Vec<Row>,
+) -> anyhow::Result<()> {
     let client = source::sqs::client(&sqs_config(args, "unused")).await;
     let variants: [(&str, &[(&str, &str)]); 2] = [
         ("default settings", &[]),
@@ -192,7 +197,9 @@ async fn feed_large(client: &Client, url: &str, n: usize) -> anyhow::Result<()> 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let body = if i % 2 == 0 {
-            format!("{{\"user_id\": \"u{i}\", \"device_type\": \"ios\", \"ip\": \"10.0.0.1\", \"device_id\": \"123-45-6789\", \"locale\": \"RU\", \"app_version\": \"2.3.0\", \"padding\": \"{padding}\"}}")
+            format!(
+                "{{\"user_id\": \"u{i}\", \"device_type\": \"ios\", \"ip\": \"10.0.0.1\", \"device_id\": \"123-45-6789\", \"locale\": \"RU\", \"app_version\": \"2.3.0\", \"padding\": \"{padding}\"}}"
+            )
         } else {
             format!("{i} {padding}")
         };

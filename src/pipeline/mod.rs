@@ -344,14 +344,29 @@ impl<S: Source> Pipeline<S> {
     /// fires, which a healthy batch never lets it do.
     async fn keep_invisible(&self, batch: &Batch, repeats: &[String]) -> std::convert::Infallible {
         let timeout = self.source.visibility_timeout().max(Duration::from_secs(1));
-        let seconds = timeout.as_secs() as u32;
+        let started = Instant::now();
         tokio::time::sleep(timeout / 2).await;
         let handles: Vec<String> =
             batch.entries.iter().map(|(d, _)| d.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
         loop {
+            let Some(seconds) = next_extension(timeout, started.elapsed()) else {
+                tracing::warn!(
+                    batch.size = handles.len(),
+                    "visibility is at SQS's 12-hour cap; the batch may be redelivered (and then skipped)"
+                );
+                return std::future::pending().await;
+            };
             for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
                 match self.source.extend(chunk, seconds).await {
-                    Ok(()) => self.stats.add(Counter::VisibilityExtended, chunk.len()),
+                    Ok(extended) => {
+                        self.stats.add(Counter::VisibilityExtended, extended);
+                        if extended < chunk.len() {
+                            tracing::warn!(
+                                failed = chunk.len() - extended,
+                                "SQS did not extend every entry; those may be redelivered (and then skipped)"
+                            );
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", "could not extend visibility; the batch may be redelivered (and then skipped)")
                     }
@@ -360,6 +375,20 @@ impl<S: Source> Pipeline<S> {
             tokio::time::sleep(timeout / 2).await;
         }
     }
+}
+
+/// SQS's cap on a message's visibility timeout, counted from its receive: 12 hours.
+const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// Room kept under the cap for the time a delivery waited before its batch began (gathering it).
+const CAP_MARGIN: Duration = Duration::from_secs(300);
+
+/// The visibility to ask for `elapsed` after a batch began: the queue's timeout, cut so that the
+/// total stays under SQS's 12-hour cap (with a margin); `None` once there is nothing left to ask.
+fn next_extension(timeout: Duration, elapsed: Duration) -> Option<u32> {
+    let left = MAX_VISIBILITY.checked_sub(CAP_MARGIN + elapsed)?;
+    let seconds = timeout.min(left).as_secs() as u32;
+    (seconds > 0).then_some(seconds)
 }
 
 const DELETE_ATTEMPTS: u32 = 3;
@@ -399,6 +428,22 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visibility_is_never_asked_past_the_12_hour_cap() {
+        let timeout = Duration::from_secs(600);
+        assert_eq!(next_extension(timeout, Duration::from_secs(300)), Some(600));
+        let near = MAX_VISIBILITY - CAP_MARGIN - Duration::from_secs(100);
+        assert_eq!(next_extension(timeout, near), Some(100));
+        assert_eq!(next_extension(timeout, MAX_VISIBILITY - CAP_MARGIN), None);
+        assert_eq!(next_extension(timeout, MAX_VISIBILITY * 2), None);
+        for minutes in 0..800 {
+            let elapsed = Duration::from_secs(minutes * 60);
+            if let Some(s) = next_extension(timeout, elapsed) {
+                assert!(elapsed + Duration::from_secs(s.into()) <= MAX_VISIBILITY);
+            }
+        }
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -112,8 +112,9 @@ impl Source for FileSource {
         Ok(self.reader.lock().unwrap_or_else(|p| p.into_inner()).done)
     }
 
-    async fn extend(&self, _: &[String], _: u32) -> Result<(), SourceError> {
-        Ok(())
+    async fn extend(&self, handles: &[String], _: u32) -> Result<usize, SourceError> {
+        // Nothing expires in a file: every entry stays "invisible".
+        Ok(handles.len())
     }
 
     fn visibility_timeout(&self) -> Duration {

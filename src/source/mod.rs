@@ -75,7 +75,12 @@ pub trait Source: Send + Sync + 'static {
 
     /// Keeps up to 10 deliveries invisible for another `seconds`, while their batch is still being
     /// worked on. Failures are reported but harmless (the message may be redelivered and skipped).
-    fn extend(&self, receipt_handles: &[String], seconds: u32) -> impl Future<Output = Result<(), SourceError>> + Send;
+    /// Returns how many entries the queue confirmed; the others were not extended.
+    fn extend(
+        &self,
+        receipt_handles: &[String],
+        seconds: u32,
+    ) -> impl Future<Output = Result<usize, SourceError>> + Send;
 
     /// How long a received message stays invisible (the queue's visibility timeout).
     fn visibility_timeout(&self) -> std::time::Duration;

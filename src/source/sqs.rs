@@ -181,7 +181,7 @@ impl Source for SqsSource {
         Ok(Deleted { ok: output.successful().len(), failed })
     }
 
-    async fn extend(&self, receipt_handles: &[String], seconds: u32) -> Result<(), SourceError> {
+    async fn extend(&self, receipt_handles: &[String], seconds: u32) -> Result<usize, SourceError> {
         let entries = receipt_handles
             .iter()
             .enumerate()
@@ -194,14 +194,17 @@ impl Source for SqsSource {
                     .expect("id and receipt handle are both set")
             })
             .collect();
-        self.client
+        let output = self
+            .client
             .change_message_visibility_batch()
             .queue_url(&self.queue_url)
             .set_entries(Some(entries))
             .send()
             .await
             .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", e))?;
-        Ok(())
+        // Only entries SQS lists as successful count; a failed entry (a stale receipt handle, a
+        // message already deleted) keeps its old timeout.
+        Ok(output.successful().len())
     }
 
     fn visibility_timeout(&self) -> Duration {

@@ -222,3 +222,23 @@ async fn one_mib_bodies_drain_under_a_two_mib_budget_and_each_meets_its_fate() {
     db.drop().await;
     queue.delete().await;
 }
+
+#[tokio::test]
+async fn a_visibility_change_counts_only_the_entries_sqs_confirmed() {
+    use pii_ingest::source::Source;
+    let queue = TestQueue::new(30).await;
+    queue.send_bodies(logins(1)).await;
+    let source = queue.source().await;
+    let mut received = Vec::new();
+    for _ in 0..10 {
+        received.extend(source.receive(10).await.unwrap());
+        if !received.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(received.len(), 1, "the message is received");
+    let handles = vec![received[0].receipt_handle.clone(), "not-a-receipt-handle".to_owned()];
+    assert_eq!(source.extend(&handles, 60).await.unwrap(), 1, "the bogus entry is not counted");
+    assert_eq!(source.delete(&handles[..1]).await.unwrap().ok, 1);
+    queue.delete().await;
+}

@@ -68,7 +68,7 @@ impl Source for Faulty {
         }
     }
 
-    async fn extend(&self, handles: &[String], seconds: u32) -> Result<(), SourceError> {
+    async fn extend(&self, handles: &[String], seconds: u32) -> Result<usize, SourceError> {
         self.inner.extend(handles, seconds).await
     }
 
