@@ -163,8 +163,7 @@ async fn large_bodies(
         let watcher = tokio::task::spawn_blocking(move || wait_with_peak_rss(child));
         let started = Instant::now();
         feed_large(&client, &queue.1, n).await?;
-        let (pg, connection) = tokio_postgres::connect(&db_url, NoTls).await?;
-        tokio::spawn(connection);
+        let pg = pii_ingest::db::connect_client(&db_url).await?;
         let sql = "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM quarantined_messages)";
         while (pg.query_one(sql, &[]).await?.get::<_, i64>(0) as usize) < 5 * n {
             tokio::time::sleep(Duration::from_millis(200)).await;
