@@ -18,6 +18,8 @@ pub enum Counter {
     DuplicateInBatch,
     DuplicateLedger,
     DuplicateDatabase,
+    /// Ledger hits Postgres did not confirm (a restored or wiped database): judged and written instead.
+    LedgerUnconfirmed,
     /// In hand when a forced stop came; not deleted, so SQS redelivers them.
     Abandoned,
     Deleted,
@@ -42,6 +44,7 @@ impl Counter {
         Counter::DuplicateInBatch,
         Counter::DuplicateLedger,
         Counter::DuplicateDatabase,
+        Counter::LedgerUnconfirmed,
         Counter::Abandoned,
         Counter::Deleted,
         Counter::DeleteFailed,
@@ -97,6 +100,7 @@ impl Counter {
             Counter::DuplicateInBatch => counter!("pii_ingest_duplicates_total", "layer" => "batch").increment(n),
             Counter::DuplicateLedger => counter!("pii_ingest_duplicates_total", "layer" => "ledger").increment(n),
             Counter::DuplicateDatabase => counter!("pii_ingest_duplicates_total", "layer" => "database").increment(n),
+            Counter::LedgerUnconfirmed => counter!("pii_ingest_ledger_unconfirmed_total").increment(n),
             Counter::Abandoned => counter!("pii_ingest_abandoned_total").increment(n),
             Counter::Deleted => counter!("pii_ingest_messages_deleted_total").increment(n),
             Counter::DeleteFailed => counter!("pii_ingest_delete_failures_total").increment(n),
@@ -172,6 +176,7 @@ impl Stats {
             duplicate_in_batch: self.get(DuplicateInBatch),
             duplicate_ledger: self.get(DuplicateLedger),
             duplicate_database: self.get(DuplicateDatabase),
+            ledger_unconfirmed: self.get(LedgerUnconfirmed),
             abandoned: self.get(Abandoned),
             deleted: self.get(Deleted),
             delete_failed: self.get(DeleteFailed),
@@ -196,6 +201,8 @@ pub struct Report {
     pub duplicate_in_batch: u64,
     pub duplicate_ledger: u64,
     pub duplicate_database: u64,
+    /// Ledger hits Postgres did not confirm, judged and written instead (not a bucket of their own).
+    pub ledger_unconfirmed: u64,
     pub abandoned: u64,
     pub deleted: u64,
     pub delete_failed: u64,
@@ -234,6 +241,9 @@ impl std::fmt::Display for Report {
             self.duplicate_database,
             self.duplicate_in_batch
         )?;
+        if self.ledger_unconfirmed > 0 {
+            writeln!(f, "ledger not confirmed{:>9}   (stale ledger: written after all)", self.ledger_unconfirmed)?;
+        }
         writeln!(f, "quarantined         {:>9}", self.quarantined_total())?;
         for (reason, n) in &self.quarantined {
             writeln!(f, "  {reason:<18}{n:>9}")?;

@@ -56,13 +56,18 @@ pub enum RejectReason {
     /// Two different accepted names of one field are both given (`ip` and `ipAddress`).
     AmbiguousField,
     /// An SNS or EventBridge envelope whose payload cannot be read (not JSON, wrong type, nested
-    /// past [`MAX_ENVELOPES`]).
+    /// past [`MAX_ENVELOPES`]), or a malformed export envelope in a replayed file (the field names
+    /// its member).
     BadEnvelope,
+    /// The producer's idempotency key is empty or too long (the field names the attribute).
+    InvalidKey,
+    /// The producer's idempotency key was already claimed by a message with another body.
+    KeyConflict,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order (for counters).
-    pub const ALL: [RejectReason; 17] = [
+    pub const ALL: [RejectReason; 19] = [
         Self::NotUtf8,
         Self::NotJson,
         Self::NotObject,
@@ -80,6 +85,8 @@ impl RejectReason {
         Self::TooDeep,
         Self::AmbiguousField,
         Self::BadEnvelope,
+        Self::InvalidKey,
+        Self::KeyConflict,
     ];
 
     /// The stable code stored in `quarantined_messages.reason`.
@@ -102,6 +109,8 @@ impl RejectReason {
             Self::TooDeep => "too_deep",
             Self::AmbiguousField => "ambiguous_field",
             Self::BadEnvelope => "bad_envelope",
+            Self::InvalidKey => "invalid_key",
+            Self::KeyConflict => "key_conflict",
         }
     }
 

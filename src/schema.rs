@@ -20,9 +20,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    message_claims (dedup_key) {
+        #[max_length = 256]
+        dedup_key -> Varchar,
+        #[max_length = 64]
+        body_fingerprint -> Nullable<Bpchar>,
+        #[max_length = 64]
+        fingerprint_key_id -> Nullable<Varchar>,
+        #[max_length = 16]
+        fate -> Varchar,
+        create_date -> Date,
+        claimed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     quarantined_messages (id) {
         id -> Int8,
-        #[max_length = 128]
+        #[max_length = 256]
         message_id -> Varchar,
         #[max_length = 32]
         reason -> Varchar,
@@ -84,7 +99,7 @@ diesel::table! {
 diesel::table! {
     user_logins (id) {
         id -> Int8,
-        #[max_length = 128]
+        #[max_length = 256]
         message_id -> Varchar,
         #[max_length = 128]
         user_id -> Varchar,
@@ -113,6 +128,7 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(
     erasure_audit,
     ingest_meta,
+    message_claims,
     quarantined_messages,
     rekey_audit,
     retention_audit,

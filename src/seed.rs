@@ -9,16 +9,19 @@ use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageB
 use futures::{StreamExt, TryStreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 
-use crate::source::SourceError;
+use crate::mask::Masker;
+use crate::source::envelope::Envelope;
 use crate::source::sqs::MAX_BATCH;
+use crate::source::{SourceError, key};
 
 /// One message to send: its body and, optionally, a producer idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outgoing {
     pub body: String,
     pub key: Option<String>,
+    /// The MessageId a re-driven message had (sent as [`key::ORIGIN_ATTRIBUTE`]), which keys it.
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,13 @@ pub enum SeedError {
     },
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("{path}, line {line}")]
+    Envelope {
+        path: String,
+        line: usize,
+        #[source]
+        source: crate::source::envelope::EnvelopeError,
+    },
     #[error("SQS refused {0} message(s) of a batch")]
     Refused(usize),
 }
@@ -51,21 +61,36 @@ pub async fn ensure_queue(client: &Client, name: &str, visibility_timeout: u32) 
     Ok(output.queue_url.unwrap_or_default())
 }
 
-/// The lines of a JSONL file as messages. Each carries the key `file:<content hash>:<line number>`
-/// when `keyed`, so sending the same file twice cannot load it twice. Blank lines are skipped.
-pub fn file_messages(path: &Path, keyed: bool) -> Result<Vec<Outgoing>, SeedError> {
-    let bytes = std::fs::read(path).map_err(|source| SeedError::Read { path: path.display().to_string(), source })?;
-    let digest = hex::encode(Sha256::digest(&bytes));
-    let text = String::from_utf8_lossy(&bytes);
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| Outgoing {
-            body: line.to_owned(),
-            key: keyed.then(|| crate::source::FileSource::key(&digest, i + 1)),
-        })
-        .collect())
+/// The lines of a JSONL file as messages. A plain line carries, when `masker` is given, the key its
+/// `replay` would give it (`line:<HMAC of the line>:<occurrence>`), so sending a file twice, or sending
+/// and replaying it, loads it once. An envelope line (as `pii-ingest export` writes) is re-driven: its
+/// body, its producer key (attribute `attribute`) and its MessageId as [`key::ORIGIN_ATTRIBUTE`], so
+/// it keeps the identity it had. A malformed envelope stops the whole send, naming its line.
+pub fn file_messages(path: &Path, masker: Option<&Masker>, attribute: &str) -> Result<Vec<Outgoing>, SeedError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: path.display().to_string(), source })?;
+    let mut occurrences = key::Occurrences::default();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        if Envelope::is_envelope(line.as_bytes()) {
+            let envelope = Envelope::parse(line.as_bytes()).map_err(|source| SeedError::Envelope {
+                path: path.display().to_string(),
+                line: i + 1,
+                source,
+            })?;
+            let key = envelope.attributes.get(attribute).cloned();
+            let origin = envelope.attributes.get(key::ORIGIN_ATTRIBUTE).cloned().unwrap_or(envelope.message_id);
+            out.push(Outgoing { body: envelope.body, key, origin: Some(origin) });
+        } else {
+            let key = masker.map(|m| occurrences.next_key(m, line.as_bytes()));
+            out.push(Outgoing { body: line.to_owned(), key, origin: None });
+        }
+    }
+    Ok(out)
 }
 
 /// Shares of odd messages in a generated load, each from 0.0 to 1.0.
@@ -89,7 +114,7 @@ pub fn generate(n: usize, mix: Mix, seed: u64) -> Vec<Outgoing> {
         } else {
             login_body(&mut rng)
         };
-        out.push(Outgoing { body, key: None });
+        out.push(Outgoing { body, ..Outgoing::default() });
     }
     out
 }
@@ -167,13 +192,18 @@ async fn send_batch(
         .enumerate()
         .map(|(i, m)| {
             let mut entry = SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(m.body);
-            if let (Some(name), Some(key)) = (attribute, m.key) {
-                let value = MessageAttributeValue::builder()
+            let string = |value: String| {
+                MessageAttributeValue::builder()
                     .data_type("String")
-                    .string_value(key)
+                    .string_value(value)
                     .build()
-                    .expect("data type is set");
-                entry = entry.message_attributes(name, value);
+                    .expect("data type is set")
+            };
+            if let (Some(name), Some(key)) = (attribute, m.key) {
+                entry = entry.message_attributes(name, string(key));
+            }
+            if let Some(origin) = m.origin {
+                entry = entry.message_attributes(key::ORIGIN_ATTRIBUTE, string(origin));
             }
             entry.build().expect("id and body are set")
         })
@@ -221,10 +251,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.jsonl");
         std::fs::write(&path, "{\"a\":1}\n\n{\"a\":1}\n").unwrap();
-        let messages = file_messages(&path, true).unwrap();
+        let masker = Masker::new(&[7; 32], None).unwrap();
+        let messages = file_messages(&path, Some(&masker), "k").unwrap();
         assert_eq!(messages.len(), 2);
         assert_ne!(messages[0].key, messages[1].key);
-        assert_eq!(messages, file_messages(&path, true).unwrap());
-        assert!(file_messages(&path, false).unwrap().iter().all(|m| m.key.is_none()));
+        assert_eq!(messages, file_messages(&path, Some(&masker), "k").unwrap());
+        assert!(file_messages(&path, None, "k").unwrap().iter().all(|m| m.key.is_none()));
+    }
+
+    #[test]
+    fn envelopes_are_re_driven_with_their_key_and_message_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        std::fs::write(&path, r#"{"message_id":"m-1","sent_timestamp":1,"body":"b","attributes":{"k":"v"}}"#).unwrap();
+        let messages = file_messages(&path, None, "k").unwrap();
+        let want = Outgoing { body: "b".into(), key: Some("v".into()), origin: Some("m-1".into()) };
+        assert_eq!(messages, [want]);
+        std::fs::write(&path, "{\"a\":1}\n{\"message_id\":\"m-1\",\"body\":\"b\"}\n").unwrap();
+        let error = file_messages(&path, None, "k").unwrap_err();
+        let text = crate::telemetry::chain(&error);
+        assert!(text.ends_with("f.jsonl, line 2: envelope member sent_timestamp: missing"), "{text}");
     }
 }

@@ -334,6 +334,7 @@ async fn bare_copy(db_url: &str, lines: &[String], streams: usize) -> anyhow::Re
                 ip_sealed: None,
                 device_id_sealed: None,
                 seal_key_id: None,
+                body_fingerprint: masker.token_bytes(line.as_bytes()),
             })
         })
         .collect::<anyhow::Result<_>>()?;

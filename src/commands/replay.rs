@@ -1,5 +1,6 @@
-//! `pii-ingest replay --file F.jsonl`: a backfill through the same write path as `run`; each line's
-//! id is the file's content hash + its line number, so replaying a file twice writes nothing new.
+//! `pii-ingest replay --file F.jsonl`: a backfill through the same write path as `run`. A plain
+//! line's key is its HMAC and its occurrence among equal lines, an envelope's the key its SQS delivery
+//! had, so replaying a file twice, grown, reordered or re-exported, writes only what is new.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,19 +10,21 @@ use anyhow::Context;
 use pii_ingest::config::Config;
 use pii_ingest::pipeline::Settings;
 use pii_ingest::source::FileSource;
+use pii_ingest::source::file::Keying;
 use pii_ingest::{progress, startup};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(long, value_name = "F.jsonl")]
     file: PathBuf,
-    /// Timestamp for every line (RFC 3339); default: the file's modification time.
+    /// Timestamp for every plain line (RFC 3339); default: the file's modification time. Envelopes
+    /// carry their own.
     #[arg(long)]
     sent_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Rows per transaction (a backfill favours large batches over latency).
     #[arg(long, default_value_t = 5000)]
     batch_rows: usize,
-    /// Skip the local ledger: Postgres' unique key still drops lines already loaded. Recording
+    /// Skip the local ledger: Postgres' claims still drop lines already loaded. Recording
     /// ids in sled is most of a backfill's CPU; without it a replay is about twice as fast.
     #[arg(long)]
     no_ledger: bool,
@@ -32,7 +35,12 @@ pub struct Args {
 
 pub async fn run(args: Args, mut config: Config) -> anyhow::Result<ExitCode> {
     let file = &args.file;
-    let source = FileSource::open(file, args.sent_at).with_context(|| format!("cannot read {}", file.display()))?;
+    let keying = Keying {
+        masker: config.masker()?,
+        attribute: config.sqs.idempotency_key_attribute.clone().unwrap_or_default(),
+    };
+    let source =
+        FileSource::open(file, args.sent_at, keying).with_context(|| format!("cannot read {}", file.display()))?;
     // The bar's length costs a pass over the file: only worth it where a bar is drawn.
     use std::io::IsTerminal;
     let lines = if std::io::stderr().is_terminal() { count_lines(file).unwrap_or(0) } else { 0 };

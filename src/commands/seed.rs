@@ -1,5 +1,6 @@
-//! `pii-ingest seed`: send a JSONL file (one message per line, each with an idempotency key) or N
-//! synthetic logins to the queue, creating the queue if it is missing.
+//! `pii-ingest seed`: send a JSONL file (one message per line: a plain line with the idempotency key
+//! its `replay` would give it, an envelope re-driven as the message it was) or N synthetic logins to
+//! the queue, creating the queue if it is missing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use pii_ingest::{progress, seed};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Send each non-blank line of a JSONL file as one message.
+    /// Send each non-blank line of a JSONL file as one message; envelope lines (`pii-ingest export`)
+    /// are re-driven with the MessageId and idempotency key they had.
     #[arg(long, value_name = "F.jsonl", conflicts_with = "generate", required_unless_present = "generate")]
     file: Option<PathBuf>,
     /// Send N synthetic logins shaped like the sample.
@@ -26,7 +28,7 @@ pub struct Args {
     /// With --generate: random seed, for reproducible loads.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// With --file: send without idempotency keys (every send then becomes new rows).
+    /// With --file: send plain lines without idempotency keys (every send then becomes new rows).
     #[arg(long)]
     no_keys: bool,
     /// Concurrent SendMessageBatch calls.
@@ -36,7 +38,17 @@ pub struct Args {
 
 pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
     let messages = match (&args.file, args.generate) {
-        (Some(path), _) => seed::file_messages(path, !args.no_keys)?,
+        (Some(path), _) => {
+            // Plain lines are keyed by their HMAC, as `replay` keys them: that takes the masking key.
+            let masker = match args.no_keys {
+                true => None,
+                false => Some(
+                    config.masker().context("seed --file keys each line with the masking key (or pass --no-keys)")?,
+                ),
+            };
+            let attribute = config.sqs.idempotency_key_attribute.as_deref().unwrap_or_default();
+            seed::file_messages(path, masker.as_ref(), attribute)?
+        }
         (None, Some(n)) => seed::generate(n, seed::Mix { bad: args.bad_share, repeat: args.repeat_share }, args.seed),
         (None, None) => unreachable!("clap requires --file or --generate"),
     };

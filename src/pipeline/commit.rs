@@ -2,16 +2,23 @@
 //! well. Transient failures are retried with backoff (nothing is deleted meanwhile); a batch Postgres
 //! refuses for its data is split until the offending row is alone, and that row becomes a
 //! `db_rejected` quarantine record while the rest commit.
+//!
+//! A "retryable" failure that outlasts the retry budget while the server answers is a poison row in
+//! disguise (a trigger, a cancelled statement that always recurs, a data error diesel cannot name):
+//! the batch is then split the same way, so one row cannot hold a thousand good messages for hours.
+//! A server that does not answer is never blamed on rows: that batch is retried for as long as it takes.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counter;
-use crate::event::{Reject, RejectReason};
+use crate::event::RejectReason;
 use crate::sink::{Disposition, NewLogin, NewQuarantined, Written};
 use crate::source::{Delivery, Source};
 
+use super::judge::Rejected;
 use super::{Pipeline, backoff};
 
 /// The rows of one batch, and for each delivery which row is its.
@@ -20,7 +27,15 @@ pub(super) struct Batch {
     pub logins: Vec<NewLogin>,
     pub rejects: Vec<NewQuarantined>,
     /// In batch order; `Row::Login(i)` points into `logins`, `Row::Reject(i, _)` into `rejects`.
-    pub entries: Vec<(Delivery, Row)>,
+    pub entries: Vec<Entry>,
+}
+
+/// One delivery of a batch.
+pub(super) struct Entry {
+    pub delivery: Delivery,
+    /// Hex HMAC of its body.
+    pub fingerprint: String,
+    pub row: Row,
 }
 
 #[derive(Clone, Copy)]
@@ -36,7 +51,15 @@ enum Recheck {
     Unhealthy,
 }
 
+/// A range of the batch still to write. `suspect`: split from a batch whose retryable failures
+/// outlasted the budget, so a failure of its own is blamed on its rows at once (the server answering).
+struct Pending {
+    range: Range<usize>,
+    suspect: bool,
+}
+
 /// What a batch's transactions achieved.
+#[derive(Default)]
 pub(super) struct Committed {
     pub written: Written,
     /// Ids Postgres refused as rows, turned into `db_rejected` records (already counted); `false`
@@ -44,16 +67,46 @@ pub(super) struct Committed {
     pub refused: HashMap<String, bool>,
 }
 
+impl Committed {
+    fn absorb(&mut self, written: Written) {
+        self.written.logins.extend(written.logins);
+        self.written.quarantined.extend(written.quarantined);
+        self.written.conflicts.extend(written.conflicts);
+    }
+}
+
 impl Batch {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a delivery whose verdict is a login row.
+    pub fn push_login(&mut self, delivery: Delivery, fingerprint: String, login: NewLogin) {
+        self.logins.push(login);
+        self.entries.push(Entry { delivery, fingerprint, row: Row::Login(self.logins.len() - 1) });
+    }
+
+    /// Adds a delivery whose verdict is a quarantine record.
+    pub fn push_reject(
+        &mut self,
+        delivery: Delivery,
+        fingerprint: String,
+        record: NewQuarantined,
+        reason: RejectReason,
+    ) {
+        self.rejects.push(record);
+        self.entries.push(Entry { delivery, fingerprint, row: Row::Reject(self.rejects.len() - 1, reason) });
+    }
+
     /// Copies of the rows of `entries[range]` (only needed once a batch has to be split).
-    fn rows(&self, range: std::ops::Range<usize>) -> (Vec<NewLogin>, Vec<NewQuarantined>) {
+    fn rows(&self, range: Range<usize>) -> (Vec<NewLogin>, Vec<NewQuarantined>) {
         let (mut logins, mut rejects) = (Vec::new(), Vec::new());
-        for (_, row) in &self.entries[range] {
-            match *row {
+        for entry in &self.entries[range] {
+            match entry.row {
                 Row::Login(i) => logins.push(self.logins[i].clone()),
                 Row::Reject(i, _) => rejects.push(self.rejects[i].clone()),
             }
@@ -66,72 +119,74 @@ impl<S: Source> Pipeline<S> {
     /// Writes the batch. `None` when a stop came while the database was unreachable: then nothing
     /// of it was committed and nothing may be deleted.
     pub(super) async fn commit(&self, batch: &Batch, stop: &CancellationToken) -> Option<Committed> {
-        let mut committed = Committed { written: Written::default(), refused: HashMap::new() };
-        // Index ranges still to write; a range that fails for its data is split in two.
-        let mut pending = vec![0..batch.len()];
+        let mut committed = Committed::default();
+        let mut pending = vec![Pending { range: 0..batch.len(), suspect: false }];
         let mut failures = 0u32;
-        while let Some(range) = pending.pop() {
+        while let Some(Pending { range, suspect }) = pending.pop() {
             if range.is_empty() {
                 continue;
             }
-            let whole = range.len() == batch.len();
             let split_rows;
-            let (logins, rejects) = if whole {
+            let (logins, rejects) = if range.len() == batch.len() {
                 (&batch.logins[..], &batch.rejects[..])
             } else {
                 split_rows = batch.rows(range.clone());
                 (&split_rows.0[..], &split_rows.1[..])
             };
-            match self.sink.write(logins, rejects).await {
-                Ok(w) => {
+            let error = match self.sink.write(logins, rejects).await {
+                Ok(written) => {
                     failures = 0;
-                    committed.written.logins.extend(w.logins);
-                    committed.written.quarantined.extend(w.quarantined);
+                    committed.absorb(written);
+                    continue;
                 }
-                Err(error) if error.disposition() == Disposition::DataError && range.len() > 1 => {
-                    tracing::warn!(batch.size = range.len(), error = %error.summary(), disposition = "split", "Postgres refused a batch; splitting it to isolate the row");
-                    let middle = range.start + range.len() / 2;
-                    pending.push(middle..range.end);
-                    pending.push(range.start..middle);
-                }
-                Err(error) if error.disposition() == Disposition::DataError => {
-                    match self.recheck(logins, rejects).await {
-                        Recheck::Refused => {
-                            let (delivery, _) = &batch.entries[range.start];
-                            let stored = self.refuse(delivery, &error.summary()).await;
-                            committed.refused.insert(delivery.message_id.clone(), stored);
-                        }
-                        Recheck::Written(w) => {
-                            committed.written.logins.extend(w.logins);
-                            committed.written.quarantined.extend(w.quarantined);
-                        }
-                        // The server is not answering: the failure was not the row's; retry it.
-                        Recheck::Unhealthy => pending.push(range),
+                Err(error) => error,
+            };
+            let data_error = error.disposition() == Disposition::DataError;
+            if !data_error {
+                failures += 1;
+                self.stats.add(Counter::RetryWrite, 1);
+            }
+            let poisoned = !data_error && (suspect || failures > self.settings.retry_budget) && self.sink.ping().await;
+            if (data_error || poisoned) && range.len() > 1 {
+                let why = if poisoned { "retryable failures outlasted the budget" } else { "Postgres refused a batch" };
+                tracing::warn!(batch.size = range.len(), error = %error.summary(), disposition = "split", "{why}; splitting it to isolate the row");
+                failures = 0;
+                let middle = range.start + range.len() / 2;
+                pending.push(Pending { range: middle..range.end, suspect: poisoned || suspect });
+                pending.push(Pending { range: range.start..middle, suspect: poisoned || suspect });
+            } else if data_error || poisoned {
+                failures = 0;
+                match self.recheck(logins, rejects, poisoned).await {
+                    Recheck::Refused => {
+                        let entry = &batch.entries[range.start];
+                        let stored = self.refuse(entry, &error.summary()).await;
+                        committed.refused.insert(entry.delivery.message_id.clone(), stored);
                     }
+                    Recheck::Written(written) => committed.absorb(written),
+                    // The server is not answering: the failure was not the row's; retry it.
+                    Recheck::Unhealthy => pending.push(Pending { range, suspect: false }),
                 }
-                Err(error) => {
-                    failures += 1;
-                    self.stats.add(Counter::RetryWrite, 1);
-                    let delay = backoff(failures);
-                    tracing::warn!(batch.size = range.len(), error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
-                    pending.push(range);
-                    tokio::select! {
-                        _ = stop.cancelled() => {
-                            tracing::warn!(batch.size = batch.len(), "stopping while Postgres is unavailable; the batch stays in the queue");
-                            return None;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
+            } else {
+                let delay = backoff(failures);
+                tracing::warn!(batch.size = range.len(), error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
+                pending.push(Pending { range, suspect });
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        tracing::warn!(batch.size = batch.len(), "stopping while Postgres is unavailable; the batch stays in the queue");
+                        return None;
                     }
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
         Some(committed)
     }
 
-    /// Decides whether a single row that failed for its data really is to blame: the server must
-    /// answer, and writing the row once more, a moment later, must fail again. A transient failure
-    /// dressed as a data error (a statement cancelled mid-write) passes the second time.
-    async fn recheck(&self, logins: &[NewLogin], rejects: &[NewQuarantined]) -> Recheck {
+    /// Decides whether a single row that failed is really to blame: the server must answer, and
+    /// writing the row once more, a moment later, must fail again: for its data, or (`any_error`, a
+    /// row whose retryable failures outlasted the budget) for any reason while the server answers. A
+    /// transient failure dressed as a data error (a statement cancelled mid-write) passes the second time.
+    async fn recheck(&self, logins: &[NewLogin], rejects: &[NewQuarantined], any_error: bool) -> Recheck {
         if !self.sink.ping().await {
             tokio::time::sleep(backoff(3)).await;
             return Recheck::Unhealthy;
@@ -140,19 +195,20 @@ impl<S: Source> Pipeline<S> {
         match self.sink.write(logins, rejects).await {
             Ok(written) => Recheck::Written(written),
             Err(error) if error.disposition() == Disposition::DataError => Recheck::Refused,
+            Err(_) if any_error && self.sink.ping().await => Recheck::Refused,
             Err(_) => Recheck::Unhealthy,
         }
     }
 
     /// Quarantines a row Postgres refused although the server is healthy. Returns whether the
     /// record is stored (counted here).
-    async fn refuse(&self, delivery: &Delivery, why: &str) -> bool {
-        let reject = Reject {
+    async fn refuse(&self, entry: &Entry, why: &str) -> bool {
+        let reject = Rejected {
             reason: RejectReason::DbRejected,
             field: None,
             detail: format!("Postgres refused the row: {why}"),
         };
-        let record = self.quarantine_record(delivery, reject);
+        let record = self.quarantine_record(&entry.delivery, &entry.fingerprint, reject);
         match self.sink.write(&[], std::slice::from_ref(&record)).await {
             Ok(w) if w.quarantined.is_empty() => {
                 self.stats.add(Counter::DuplicateDatabase, 1);
@@ -163,9 +219,47 @@ impl<S: Source> Pipeline<S> {
                 true
             }
             Err(e) => {
-                tracing::error!(sqs.message_id = %delivery.message_id, error = %e.summary(), "could not quarantine a refused row; it stays in the queue");
+                tracing::error!(sqs.message_id = %entry.delivery.message_id, error = %e.summary(), "could not quarantine a refused row; it stays in the queue");
                 false
             }
         }
+    }
+
+    /// The `key_conflict` record of a delivery whose key another body holds, under the delivery's own
+    /// conflict key (its `sqs:` MessageId key; for a key that is no producer key, one derived from the
+    /// body's fingerprint), so its redeliveries are duplicates of this record.
+    pub(super) fn conflict_record(&self, batch: &Batch, entry: &Entry) -> (Delivery, NewQuarantined) {
+        let mut delivery = entry.delivery.clone();
+        let key = delivery
+            .conflict_key
+            .take()
+            .unwrap_or_else(|| format!("conflict:{}:{}", &entry.fingerprint[..32], delivery.message_id));
+        tracing::warn!(
+            sqs.message_id = %delivery.message_id, conflict_key = %key, reason = "key_conflict", disposition = "reject",
+            "message quarantined: its idempotency key was already claimed by another body"
+        );
+        let detail = "the idempotency key was already claimed by a message with another body".to_owned();
+        let reason = RejectReason::KeyConflict.as_str().to_owned();
+        let record = match entry.row {
+            Row::Reject(i, _) => {
+                NewQuarantined { message_id: key.clone(), reason, field: None, detail, ..batch.rejects[i].clone() }
+            }
+            Row::Login(_) => NewQuarantined {
+                message_id: key.clone(),
+                reason,
+                field: None,
+                detail,
+                masked_body: self.masker.mask_body(&delivery.body, &self.rules),
+                body_hmac: entry.fingerprint.clone(),
+                body_bytes: delivery.body.len() as i32,
+                receive_count: delivery.receive_count,
+                sent_at: delivery.sent_at,
+                mask_key_id: self.masker.key_id().to_owned(),
+                body_sealed: self.sealer.as_ref().map(|s| s.seal_bytes(&delivery.body)),
+                seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
+            },
+        };
+        delivery.message_id = key;
+        (delivery, record)
     }
 }

@@ -7,32 +7,58 @@ use crate::source::Delivery;
 
 use super::Pipeline;
 
+/// Why a delivery is quarantined, with the field to blame (a body field, an attribute, an envelope member).
+pub(super) struct Rejected {
+    pub reason: RejectReason,
+    pub field: Option<String>,
+    pub detail: String,
+}
+
+impl From<Reject> for Rejected {
+    fn from(reject: Reject) -> Self {
+        Rejected { reason: reject.reason, field: reject.field.map(str::to_owned), detail: reject.detail }
+    }
+}
+
 /// What the receiver decided about one delivery.
 pub(super) enum Verdict {
-    /// Its id is in the ledger: committed before.
+    /// Its key is in the ledger: committed before, unless Postgres does not confirm it (a restored
+    /// database); then the writer judges it after all.
     Known,
     Login(NewLogin),
     Reject(NewQuarantined, RejectReason),
 }
 
-/// A delivery with its verdict, as the writer sees it. The body is kept only for logins (should
-/// Postgres refuse the row, its quarantine record needs the masked body); otherwise it is dropped.
+/// A delivery with its verdict, as the writer sees it. The body is kept for logins (should Postgres
+/// refuse the row, or its key belong to another body, the quarantine record needs the masked body)
+/// and ledger hits (judged after all if Postgres does not confirm them); otherwise it is dropped.
 pub(super) struct Item {
     pub delivery: Delivery,
+    /// Hex HMAC of the body: what the key's claim compares.
+    pub fingerprint: String,
     pub verdict: Verdict,
 }
 
 impl<S> Pipeline<S> {
     pub(super) fn triage(&self, mut delivery: Delivery) -> Item {
-        let verdict = if self.ledger.contains(&delivery.message_id) { Verdict::Known } else { self.judge(&delivery) };
-        if !matches!(verdict, Verdict::Login(_)) {
+        let fingerprint = self.masker.token_bytes(&delivery.body);
+        let verdict = if delivery.flaw.is_none() && self.ledger.contains(&delivery.message_id) {
+            Verdict::Known
+        } else {
+            self.judge(&delivery, &fingerprint)
+        };
+        if matches!(verdict, Verdict::Reject(..)) {
             delivery.body = Vec::new();
         }
-        Item { delivery, verdict }
+        Item { delivery, fingerprint, verdict }
     }
 
-    /// Parses, validates and masks one delivery.
-    fn judge(&self, delivery: &Delivery) -> Verdict {
+    /// Parses, validates and masks one delivery (a flawed one is a reject whatever its body).
+    pub(super) fn judge(&self, delivery: &Delivery, fingerprint: &str) -> Verdict {
+        if let Some(flaw) = &delivery.flaw {
+            let reject = Rejected { reason: flaw.reason, field: Some(flaw.field.clone()), detail: flaw.detail.clone() };
+            return Verdict::Reject(self.quarantine_record(delivery, fingerprint, reject), flaw.reason);
+        }
         match event::parse(&delivery.body, &self.rules) {
             Ok(login) => {
                 self.stats.extra_fields(&login.extra_fields);
@@ -50,17 +76,18 @@ impl<S> Pipeline<S> {
                     create_date: delivery.sent_at.date_naive(),
                     sent_at: delivery.sent_at,
                     mask_key_id: self.masker.key_id().to_owned(),
+                    body_fingerprint: fingerprint.to_owned(),
                 })
             }
             Err(reject) => {
                 let reason = reject.reason;
-                Verdict::Reject(self.quarantine_record(delivery, reject), reason)
+                Verdict::Reject(self.quarantine_record(delivery, fingerprint, reject.into()), reason)
             }
         }
     }
 
     /// The quarantine record of a rejected delivery: reason, field, and the body with PII masked.
-    pub(super) fn quarantine_record(&self, delivery: &Delivery, reject: Reject) -> NewQuarantined {
+    pub(super) fn quarantine_record(&self, delivery: &Delivery, fingerprint: &str, reject: Rejected) -> NewQuarantined {
         tracing::info!(
             sqs.message_id = %delivery.message_id, reason = %reject.reason, field = reject.field,
             disposition = "reject", "message quarantined: {}", reject.detail
@@ -68,7 +95,7 @@ impl<S> Pipeline<S> {
         NewQuarantined {
             message_id: delivery.message_id.clone(),
             reason: reject.reason.as_str().to_owned(),
-            field: reject.field.map(str::to_owned),
+            field: reject.field,
             detail: reject.detail,
             // A body over a cap is not read again: only its HMAC and length are kept.
             masked_body: if reject.reason.is_over_a_cap() {
@@ -76,7 +103,7 @@ impl<S> Pipeline<S> {
             } else {
                 self.masker.mask_body(&delivery.body, &self.rules)
             },
-            body_hmac: self.masker.token_bytes(&delivery.body),
+            body_hmac: fingerprint.to_owned(),
             body_bytes: delivery.body.len() as i32,
             receive_count: delivery.receive_count,
             sent_at: delivery.sent_at,

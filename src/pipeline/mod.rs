@@ -15,8 +15,8 @@
 mod budget;
 mod commit;
 mod judge;
+mod rounds;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +33,7 @@ use crate::seal::Sealer;
 use crate::sink::Sink;
 use crate::source::Source;
 use budget::Received;
-use commit::{Batch, Committed, Row};
-use judge::{Item, Verdict};
+use commit::Batch;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
@@ -52,7 +51,14 @@ pub struct Settings {
     pub delete_rejected: bool,
     /// Most bytes of message bodies held at once (see [`budget`]).
     pub max_inflight_bytes: usize,
+    /// Retryable write failures in a row, with the server answering, before a batch is split as
+    /// if for a data error (see [`commit`]).
+    pub retry_budget: u32,
 }
+
+/// Default [`Settings::retry_budget`]: about 10 to 20 s of backoff, longer than a lock wait or a
+/// failover, far shorter than a poison row could hold a batch.
+pub const RETRY_BUDGET: u32 = 8;
 
 impl Settings {
     pub fn from_config(config: &crate::config::PipelineConfig, until_empty: bool) -> Self {
@@ -65,6 +71,7 @@ impl Settings {
             until_empty,
             delete_rejected: config.delete_rejected,
             max_inflight_bytes: config.max_inflight_bytes,
+            retry_budget: RETRY_BUDGET,
         }
     }
 }
@@ -221,101 +228,6 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    /// One transaction's worth of items: dedup, commit, then hand the acknowledgements to a task.
-    async fn process(
-        self: &Arc<Self>,
-        items: Vec<Item>,
-        deletes: &TaskTracker,
-        permits: &Arc<Semaphore>,
-        stop: &CancellationToken,
-    ) {
-        let started = Instant::now();
-        let size = items.len();
-        let mut seen = HashSet::with_capacity(size);
-        let mut known = Vec::new(); // receipt handles of ledger hits: deletable at once
-        let mut repeats = Vec::new(); // repeats of an id in this batch: deletable once it commits
-        let mut batch = Batch::default();
-        for Item { delivery, verdict } in items {
-            if !seen.insert(delivery.message_id.clone()) {
-                self.stats.add(Counter::DuplicateInBatch, 1);
-                repeats.push(delivery.receipt_handle);
-                continue;
-            }
-            let row = match verdict {
-                Verdict::Known => {
-                    self.stats.add(Counter::DuplicateLedger, 1);
-                    known.push(delivery.receipt_handle);
-                    continue;
-                }
-                Verdict::Login(login) => {
-                    batch.logins.push(login);
-                    Row::Login(batch.logins.len() - 1)
-                }
-                Verdict::Reject(record, reason) => {
-                    batch.rejects.push(record);
-                    Row::Reject(batch.rejects.len() - 1, reason)
-                }
-            };
-            batch.entries.push((delivery, row));
-        }
-        let outcome = tokio::select! {
-            biased;
-            outcome = self.commit(&batch, stop) => outcome,
-            never = self.keep_invisible(&batch, &repeats) => match never {},
-        };
-        let Some(committed) = outcome else {
-            self.stats.add(Counter::Abandoned, batch.len() + repeats.len());
-            self.acknowledge(Vec::new(), known, deletes, permits);
-            return;
-        };
-        let (ids, mut handles) = self.account(batch, committed);
-        handles.append(&mut known);
-        handles.append(&mut repeats);
-        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
-        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
-        self.acknowledge(ids, handles, deletes, permits);
-    }
-
-    /// Counts each committed delivery's fate; returns the ids to record in the ledger and the
-    /// receipt handles to delete.
-    fn account(&self, batch: Batch, Committed { written, refused }: Committed) -> (Vec<String>, Vec<String>) {
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut handles = Vec::with_capacity(batch.len());
-        for (delivery, row) in batch.entries {
-            let id = delivery.message_id.as_str();
-            let is_reject = match (row, refused.get(id)) {
-                // Refused by Postgres and already counted by `commit`; if even its quarantine record
-                // failed, the message stays in the queue.
-                (_, Some(false)) => {
-                    self.stats.add(Counter::Abandoned, 1);
-                    continue;
-                }
-                (_, Some(true)) => true,
-                (Row::Login(_), None) if written.logins.contains(id) => {
-                    self.stats.add(Counter::Written, 1);
-                    false
-                }
-                (Row::Reject(_, reason), None) if written.quarantined.contains(id) => {
-                    self.stats.quarantined(reason);
-                    true
-                }
-                (row, None) => {
-                    self.stats.add(Counter::DuplicateDatabase, 1);
-                    matches!(row, Row::Reject(..))
-                }
-            };
-            if is_reject && !self.settings.delete_rejected {
-                // Left for the redrive policy: not in the ledger either, or a redelivery would be deleted.
-                self.stats.add(Counter::LeftForRedrive, 1);
-                continue;
-            }
-            ids.push(delivery.message_id);
-            handles.push(delivery.receipt_handle);
-        }
-        (ids, handles)
-    }
-
     /// After a commit, on a task of its own: record the ids in the ledger, then delete the
     /// deliveries in batches of 10 (each retried). The writer does not wait for either.
     fn acknowledge(&self, ids: Vec<String>, handles: Vec<String>, deletes: &TaskTracker, permits: &Arc<Semaphore>) {
@@ -347,7 +259,7 @@ impl<S: Source> Pipeline<S> {
         let started = Instant::now();
         tokio::time::sleep(timeout / 2).await;
         let handles: Vec<String> =
-            batch.entries.iter().map(|(d, _)| d.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
+            batch.entries.iter().map(|e| e.delivery.receipt_handle.clone()).chain(repeats.iter().cloned()).collect();
         loop {
             let Some(seconds) = next_extension(timeout, started.elapsed()) else {
                 tracing::warn!(

@@ -1,13 +1,13 @@
-//! The COPY sink: the same one-transaction, `ON CONFLICT (message_id) DO NOTHING` contract as
-//! [`super::postgres::PgSink`], at near-COPY speed. Per batch, in one transaction:
-//! 1. binary `COPY` the login rows straight into `user_logins` inside a savepoint. Most batches hold
-//!    no id that is already stored (the ledger filtered redeliveries out), and this is all it takes;
-//! 2. if the unique index refuses one (a redelivery the ledger missed, or another worker's row), roll
-//!    back to the savepoint, COPY the rows into a temporary staging table (`ON COMMIT DELETE ROWS`)
-//!    and `INSERT INTO user_logins ... SELECT ... FROM staging ON CONFLICT (message_id) DO NOTHING
-//!    RETURNING message_id`;
-//! 3. quarantine records (rare) with ordinary parameterized inserts.
-//! The unique index decides in both paths, so exactly-once does not depend on which one ran.
+//! The COPY sink: the same contract as [`super::postgres::PgSink`] (claim the keys, write only what
+//! this transaction claimed, one durable transaction), at near-COPY speed. Per batch:
+//! 1. `SET LOCAL synchronous_commit = on`;
+//! 2. claim the keys ([`super::claims`]) with a binary COPY into `message_claims` inside a savepoint.
+//!    Most batches hold only new keys (the ledger filtered redeliveries out), and this is all it takes;
+//!    if the primary key refuses one (a redelivery the ledger missed, another worker's message), the
+//!    savepoint is rolled back and the keys are claimed with `INSERT ... ON CONFLICT DO NOTHING
+//!    RETURNING`, then the keys not claimed are compared with what claimed them;
+//! 3. binary COPY of the claimed logins straight into `user_logins`;
+//! 4. quarantine records (rare) with ordinary parameterized inserts.
 //!
 //! diesel-async has no COPY, so this sink keeps tokio-postgres connections of its own, one per
 //! concurrent writer, reconnecting after a failure. diesel still owns the schema and the
@@ -15,41 +15,20 @@
 
 use std::pin::pin;
 
-use tokio::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::WriteLimits;
+use super::claims::{CLAIM_COLUMNS, ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
 use super::insert::{NewLogin, NewQuarantined, SinkError, Written};
-
-/// Staging columns are unbounded `text`, so COPY itself never fails on a length; the INSERT applies
-/// the real column types and reports a data error there.
-const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS pii_ingest_staging (
-    message_id text, user_id text, device_type text, masked_ip text, masked_device_id text,
-    locale text, app_version text, create_date date, sent_at timestamptz, mask_key_id text,
-    ip_sealed bytea, device_id_sealed bytea, seal_key_id text
-) ON COMMIT DELETE ROWS";
 
 const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
      create_date, sent_at, mask_key_id, ip_sealed, device_id_sealed, seal_key_id";
-
-const STAGING_TYPES: [Type; 13] = [
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::DATE,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::BYTEA,
-    Type::TEXT,
-];
 
 /// The column types of `user_logins` itself, for the direct COPY.
 const TABLE_TYPES: [Type; 13] = [
@@ -68,11 +47,13 @@ const TABLE_TYPES: [Type; 13] = [
     Type::VARCHAR,
 ];
 
+/// The column types of `message_claims`, for the optimistic COPY.
+const CLAIM_TYPES: [Type; 5] = [Type::VARCHAR, Type::BPCHAR, Type::VARCHAR, Type::VARCHAR, Type::DATE];
+
 const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
     (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id,
      body_sealed, seal_key_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-    ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// Binary COPY of login rows into `table`, a table shaped like `user_logins` (also the bare-COPY
 /// baseline of `pii-bench`, so both copy exactly the same bytes).
@@ -81,18 +62,18 @@ pub async fn copy_logins(
     table: &str,
     logins: &[NewLogin],
 ) -> Result<(), tokio_postgres::Error> {
-    copy_rows(tx, table, &TABLE_TYPES, logins).await
+    let rows: Vec<&NewLogin> = logins.iter().collect();
+    copy_rows(tx, table, &rows).await
 }
 
-/// Binary COPY of login rows into `table`, whose column types are `types`.
+/// Binary COPY of login rows into `table`.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
-    types: &[Type],
-    logins: &[NewLogin],
+    logins: &[&NewLogin],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(&format!("COPY {table} ({LOGIN_COLUMNS}) FROM STDIN BINARY")).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &TABLE_TYPES));
     for row in logins {
         let values: [&(dyn ToSql + Sync); 13] = [
             &row.message_id,
@@ -151,18 +132,13 @@ impl CopySink {
         CopySink { limits, ..self }
     }
 
-    /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
-    /// A connection that fails, times out or finds the database read-only is dropped; the next write
-    /// connects afresh.
+    /// Claims the keys, then writes the logins and quarantine records whose key this transaction
+    /// claimed, in one durable transaction.
+    /// A connection that fails, times out or finds the database read-only is dropped; the next
+    /// write connects afresh.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
-        let mut slot = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
-            Some(slot) => slot,
-            None => self.clients[0].lock().await,
-        };
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *slot = Some(self.connect().await?);
-        }
-        let connection = slot.as_mut().expect("connected just above");
+        let mut slot = self.connection().await?;
+        let connection = slot.as_mut().expect("connection() connects");
         let write = write_batch(&mut connection.client, logins, quarantined);
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Copy),
@@ -172,6 +148,33 @@ impl CopySink {
             *slot = None;
         }
         result
+    }
+
+    /// What is stored about `keys` (one query), within the write limit.
+    pub async fn claims(&self, keys: &[String]) -> Result<HashMap<String, StoredClaim>, SinkError> {
+        let mut slot = self.connection().await?;
+        let connection = slot.as_mut().expect("connection() connects");
+        let query = stored_claims(&connection.client, keys);
+        let result = match tokio::time::timeout(self.limits.write, query).await {
+            Ok(result) => result.map_err(SinkError::Copy),
+            Err(_) => Err(SinkError::Timeout { what: "claims query", after: self.limits.write }),
+        };
+        if result.as_ref().is_err_and(|e| e.drops_connection()) || connection.client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+
+    /// A free connection (or the first, once free), connected.
+    async fn connection(&self) -> Result<MutexGuard<'_, Option<Connection>>, SinkError> {
+        let mut slot = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
+            Some(slot) => slot,
+            None => self.clients[0].lock().await,
+        };
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(self.connect().await?);
+        }
+        Ok(slot)
     }
 
     /// Whether the server answers a trivial query.
@@ -184,12 +187,7 @@ impl CopySink {
     }
 
     async fn connect(&self) -> Result<Connection, SinkError> {
-        let connect = async {
-            let connection = self.connect_plain().await?;
-            connection.client.batch_execute(CREATE_STAGING).await.map_err(SinkError::Copy)?;
-            Ok(connection)
-        };
-        match tokio::time::timeout(self.limits.connect, connect).await {
+        match tokio::time::timeout(self.limits.connect, self.connect_plain()).await {
             Ok(connection) => connection,
             Err(_) => Err(SinkError::Timeout { what: "connect", after: self.limits.connect }),
         }
@@ -216,31 +214,15 @@ async fn write_batch(
     quarantined: &[NewQuarantined],
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let mut written = Written::default();
+    // A role or database default of `off` would let a commit be lost after its messages were deleted.
+    tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
+    let (mut claimed, conflicts) = claim(&tx, &ClaimRows::of(logins, quarantined)).await?;
+    let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
+    let quarantined = keep_claimed(quarantined, |q| &q.message_id, &mut claimed);
+    let mut written = Written { conflicts, ..Written::default() };
     if !logins.is_empty() {
-        // Optimistic: COPY straight into the table. A redelivered id makes the unique index refuse
-        // the COPY; then the savepoint undoes it and the batch goes the staging way, where
-        // ON CONFLICT sorts new rows from old. Either way the unique index decides.
-        tx.batch_execute("SAVEPOINT direct_copy").await?;
-        match copy_logins(&tx, "user_logins", logins).await {
-            Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT direct_copy").await?;
-                written.logins.reserve(logins.len());
-                written.logins.extend(logins.iter().map(|l| l.message_id.clone()));
-            }
-            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT direct_copy").await?;
-                copy_rows(&tx, "pii_ingest_staging", &STAGING_TYPES, logins).await?;
-                let insert = format!(
-                    "INSERT INTO user_logins ({LOGIN_COLUMNS}) SELECT {LOGIN_COLUMNS} FROM pii_ingest_staging \
-                     ON CONFLICT (message_id) DO NOTHING RETURNING message_id"
-                );
-                for row in tx.query(&insert, &[]).await? {
-                    written.logins.insert(row.get(0));
-                }
-            }
-            Err(error) => return Err(error),
-        }
+        copy_rows(&tx, "user_logins", &logins).await?;
+        written.logins.extend(logins.iter().map(|l| l.message_id.clone()));
     }
     if !quarantined.is_empty() {
         let statement = tx.prepare(INSERT_QUARANTINED).await?;
@@ -259,11 +241,67 @@ async fn write_batch(
                 &q.body_sealed,
                 &q.seal_key_id,
             ];
-            if let Some(row) = tx.query_opt(&statement, &params).await? {
-                written.quarantined.insert(row.get(0));
-            }
+            tx.execute(&statement, &params).await?;
+            written.quarantined.insert(q.message_id.clone());
         }
     }
     tx.commit().await?;
     Ok(written)
+}
+
+/// Claims the batch's keys: optimistically by COPY; if a key is taken, by `INSERT ... ON CONFLICT`.
+/// Returns the keys claimed here and those held by another body.
+async fn claim(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &ClaimRows,
+) -> Result<(HashSet<String>, HashSet<String>), tokio_postgres::Error> {
+    if rows.keys.is_empty() {
+        return Ok(Default::default());
+    }
+    tx.batch_execute("SAVEPOINT claims").await?;
+    match copy_claims(tx, rows).await {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT claims").await?;
+            return Ok((rows.keys.iter().cloned().collect(), HashSet::new()));
+        }
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT claims").await?;
+        }
+        Err(error) => return Err(error),
+    }
+    let params: [&(dyn ToSql + Sync); 5] = [&rows.keys, &rows.fingerprints, &rows.key_ids, &rows.fates, &rows.dates];
+    let claimed: HashSet<String> = tx.query(INSERT_CLAIMS, &params).await?.iter().map(|r| r.get(0)).collect();
+    let others: Vec<&String> = rows.keys.iter().filter(|k| !claimed.contains(*k)).collect();
+    let stored = stored_claims_in(tx, &others).await?;
+    Ok((claimed, rows.conflicts(&stored)))
+}
+
+async fn copy_claims(tx: &tokio_postgres::Transaction<'_>, rows: &ClaimRows) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(&format!("COPY message_claims ({CLAIM_COLUMNS}) FROM STDIN BINARY")).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &CLAIM_TYPES));
+    for i in 0..rows.keys.len() {
+        let values: [&(dyn ToSql + Sync); 5] =
+            [&rows.keys[i], &rows.fingerprints[i], &rows.key_ids[i], &rows.fates[i], &rows.dates[i]];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+async fn stored_claims(
+    client: &Client,
+    keys: &[String],
+) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
+    Ok(client.query(SELECT_CLAIMS, &[&keys]).await?.iter().map(stored_claim).collect())
+}
+
+async fn stored_claims_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    keys: &[&String],
+) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
+    Ok(tx.query(SELECT_CLAIMS, &[&keys]).await?.iter().map(stored_claim).collect())
+}
+
+fn stored_claim(row: &tokio_postgres::Row) -> (String, StoredClaim) {
+    (row.get(0), StoredClaim { fingerprint: row.get(1), key_id: row.get(2) })
 }

@@ -1,17 +1,19 @@
-//! The Postgres sink: logins and quarantine records of one batch in one transaction, every insert
-//! `ON CONFLICT (message_id) DO NOTHING RETURNING message_id`. The ids returned are the ones this
-//! transaction wrote; an id not returned was committed by an earlier delivery or another worker.
+//! The INSERT sink: logins and quarantine records of one batch in one durable transaction through
+//! diesel-async, written only for the keys the transaction claimed in `message_claims` first
+//! ([`super::claims`]); a key claimed before was committed by an earlier delivery or another worker.
 //!
 //! [`SinkError::disposition`] is the one place that decides whether a failure is worth retrying
 //! (the connection, the server, a serialization conflict) or is caused by the rows themselves.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, Date, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use super::claims::{ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
 use crate::db::PgPool;
 use crate::schema::{quarantined_messages, user_logins};
 
@@ -39,6 +41,9 @@ pub struct NewLogin {
     pub ip_sealed: Option<Vec<u8>>,
     pub device_id_sealed: Option<Vec<u8>>,
     pub seal_key_id: Option<String>,
+    /// Hex HMAC of the message body under the masking key: claimed with the key (never stored raw).
+    #[diesel(skip_insertion)]
+    pub body_fingerprint: String,
 }
 
 /// A `quarantined_messages` row: why a message was refused, with its body's PII masked.
@@ -60,11 +65,16 @@ pub struct NewQuarantined {
     pub seal_key_id: Option<String>,
 }
 
-/// The ids one transaction inserted, per table.
+/// What one transaction did with the keys it was given.
 #[derive(Debug, Default)]
 pub struct Written {
+    /// Keys this transaction claimed and wrote a row for.
     pub logins: HashSet<String>,
+    /// Keys this transaction claimed and wrote a quarantine record for.
     pub quarantined: HashSet<String>,
+    /// Keys already claimed by another body (a reused producer key): neither written nor duplicates.
+    /// Every other key not written was claimed before by the same body: a duplicate.
+    pub conflicts: HashSet<String>,
 }
 
 /// What to do about a failed write.
@@ -99,16 +109,16 @@ impl SinkError {
             SinkError::Query(error) => error,
         };
         match error {
-            DieselError::DatabaseError(kind, info) => match kind {
+            DieselError::DatabaseError(kind, _) => match kind {
                 DatabaseErrorKind::UniqueViolation
                 | DatabaseErrorKind::NotNullViolation
                 | DatabaseErrorKind::CheckViolation
-                | DatabaseErrorKind::ForeignKeyViolation => Disposition::DataError,
-                // `Unknown` covers data exceptions (value too long, bad encoding) but also a
-                // cancelled statement, a lock timeout, a deadlock: diesel does not expose the
-                // SQLSTATE. Only messages that name a value problem blame the rows; everything else is
-                // retried, so a server-side hiccup can never quarantine good messages.
-                DatabaseErrorKind::Unknown if is_value_error(info.message()) => Disposition::DataError,
+                | DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::ExclusionViolation => Disposition::DataError,
+                // diesel keeps no SQLSTATE for the rest: a value too long (22001) and a cancelled
+                // statement (57014) are both `Unknown`. They are retried, never blamed on the rows by
+                // their wording (which follows the server's lc_messages); a failure that outlasts the
+                // pipeline's retry budget while the server answers is then split like a data error.
                 _ => Disposition::Retry,
             },
             DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
@@ -169,20 +179,6 @@ impl SinkError {
     }
 }
 
-/// Postgres' wording of the class-22 errors a row's value can cause (server messages are English
-/// unless `lc_messages` says otherwise; an unrecognized message is retried, never blamed on a row).
-fn is_value_error(message: &str) -> bool {
-    const VALUE_ERRORS: [&str; 6] = [
-        "value too long for type",
-        "invalid byte sequence for encoding",
-        "invalid input syntax for type",
-        "out of range",
-        "character with byte sequence",
-        "unsupported Unicode escape sequence",
-    ];
-    VALUE_ERRORS.iter().any(|e| message.contains(e))
-}
-
 /// SQLSTATEs that mean a row's own value was refused. Anything else, including other class-22 codes
 /// such as 22P04 (a malformed COPY stream: our bug, not the row's), is retried rather than blamed on
 /// rows, so a systematic failure can never quarantine good messages.
@@ -225,7 +221,8 @@ impl PgSink {
         PgSink { limits, ..self }
     }
 
-    /// Inserts logins and quarantine records in one transaction; returns the ids actually inserted.
+    /// Claims the keys, then inserts the logins and quarantine records whose key this transaction
+    /// claimed, in one durable transaction ([`super::claims`]).
     /// A connection that times out or finds the database read-only is dropped, not returned to the pool.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut conn = self.connection().await?;
@@ -233,6 +230,21 @@ impl PgSink {
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Query),
             Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
+        };
+        if result.as_ref().is_err_and(SinkError::drops_connection) {
+            drop(diesel_async::pooled_connection::deadpool::Object::take(conn));
+        }
+        result
+    }
+
+    /// What is stored about `keys` (one query): the ledger's hits are confirmed here before a
+    /// message is skipped.
+    pub async fn claims(&self, keys: &[String]) -> Result<HashMap<String, StoredClaim>, SinkError> {
+        let mut conn = self.connection().await?;
+        let query = stored_claims(&mut conn, keys);
+        let result = match tokio::time::timeout(self.limits.write, query).await {
+            Ok(result) => result.map_err(SinkError::Query),
+            Err(_) => Err(SinkError::Timeout { what: "claims query", after: self.limits.write }),
         };
         if result.as_ref().is_err_and(SinkError::drops_connection) {
             drop(diesel_async::pooled_connection::deadpool::Object::take(conn));
@@ -261,31 +273,73 @@ impl PgSink {
     }
 }
 
+#[derive(QueryableByName)]
+struct ClaimedKey {
+    #[diesel(sql_type = Text)]
+    dedup_key: String,
+}
+
+#[derive(QueryableByName)]
+struct ClaimRow {
+    #[diesel(sql_type = Text)]
+    dedup_key: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    body_fingerprint: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    fingerprint_key_id: Option<String>,
+}
+
+async fn stored_claims(
+    conn: &mut AsyncPgConnection,
+    keys: &[String],
+) -> Result<HashMap<String, StoredClaim>, DieselError> {
+    let rows: Vec<ClaimRow> = diesel::sql_query(SELECT_CLAIMS).bind::<Array<Text>, _>(keys).load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.dedup_key, StoredClaim { fingerprint: r.body_fingerprint, key_id: r.fingerprint_key_id }))
+        .collect())
+}
+
+/// Claims the batch's keys; returns those claimed here and those held by another body.
+async fn claim(
+    conn: &mut AsyncPgConnection,
+    rows: &ClaimRows,
+) -> Result<(HashSet<String>, HashSet<String>), DieselError> {
+    let claimed: Vec<ClaimedKey> = diesel::sql_query(INSERT_CLAIMS)
+        .bind::<Array<Text>, _>(&rows.keys)
+        .bind::<Array<Text>, _>(&rows.fingerprints)
+        .bind::<Array<Text>, _>(&rows.key_ids)
+        .bind::<Array<Text>, _>(&rows.fates)
+        .bind::<Array<Date>, _>(&rows.dates)
+        .load(conn)
+        .await?;
+    let claimed: HashSet<String> = claimed.into_iter().map(|k| k.dedup_key).collect();
+    if claimed.len() == rows.keys.len() {
+        return Ok((claimed, HashSet::new()));
+    }
+    let others: Vec<String> = rows.keys.iter().filter(|k| !claimed.contains(*k)).cloned().collect();
+    let conflicts = rows.conflicts(&stored_claims(conn, &others).await?);
+    Ok((claimed, conflicts))
+}
+
 async fn insert_all(
     conn: &mut AsyncPgConnection,
     logins: &[NewLogin],
     quarantined: &[NewQuarantined],
 ) -> Result<Written, DieselError> {
-    let mut written = Written::default();
+    // A role or database default of `off` would let a commit be lost after its messages were deleted.
+    diesel::sql_query("SET LOCAL synchronous_commit = on").execute(conn).await?;
+    let (mut claimed, conflicts) = claim(conn, &ClaimRows::of(logins, quarantined)).await?;
+    let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
+    let quarantined = keep_claimed(quarantined, |q| &q.message_id, &mut claimed);
+    let mut written = Written { conflicts, ..Written::default() };
     for chunk in logins.chunks(MAX_BIND_PARAMS / LOGIN_COLUMNS) {
-        let ids: Vec<String> = diesel::insert_into(user_logins::table)
-            .values(chunk)
-            .on_conflict(user_logins::message_id)
-            .do_nothing()
-            .returning(user_logins::message_id)
-            .get_results(conn)
-            .await?;
-        written.logins.extend(ids);
+        diesel::insert_into(user_logins::table).values(chunk.to_vec()).execute(conn).await?;
+        written.logins.extend(chunk.iter().map(|l| l.message_id.clone()));
     }
     for chunk in quarantined.chunks(MAX_BIND_PARAMS / QUARANTINE_COLUMNS) {
-        let ids: Vec<String> = diesel::insert_into(quarantined_messages::table)
-            .values(chunk)
-            .on_conflict(quarantined_messages::message_id)
-            .do_nothing()
-            .returning(quarantined_messages::message_id)
-            .get_results(conn)
-            .await?;
-        written.quarantined.extend(ids);
+        diesel::insert_into(quarantined_messages::table).values(chunk.to_vec()).execute(conn).await?;
+        written.quarantined.extend(chunk.iter().map(|q| q.message_id.clone()));
     }
     Ok(written)
 }

@@ -1,16 +1,19 @@
-//! Where rows go: Postgres, by multi-row INSERT through diesel-async ([`PgSink`]) or by COPY into a
-//! staging table ([`CopySink`]). Both write a batch in one transaction with
-//! `ON CONFLICT (message_id) DO NOTHING` and return the ids they inserted; the pipeline cannot tell
-//! them apart. The module boundary keeps SQL out of the pipeline.
+//! Where rows go: Postgres, by multi-row INSERT through diesel-async ([`PgSink`]) or by binary COPY
+//! ([`CopySink`]). Both write a batch in one durable transaction that first claims every key in
+//! `message_claims` ([`claims`]) and then writes only what it claimed, and report what they wrote and
+//! which keys another body holds; the pipeline cannot tell them apart. The module boundary keeps SQL
+//! out of the pipeline.
 //!
 //! Both bound every connect and every write transaction on the client side ([`WriteLimits`]): a
 //! connection that stops answering without closing (a dropped network) is abandoned, and so is one
 //! that finds the database read-only (a failover left it on a replica), so the next write connects
 //! afresh, to whatever primary the address now names.
 
+pub mod claims;
 pub mod copy;
 pub mod insert;
 
+pub use claims::StoredClaim;
 pub use copy::CopySink;
 pub use insert::{Disposition, NewLogin, NewQuarantined, PgSink, SinkError, Written};
 
@@ -36,10 +39,10 @@ impl Default for WriteLimits {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteMethod {
-    /// COPY into a staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+    /// Binary COPY of the claims (falling back to INSERT ... ON CONFLICT) and of the rows.
     #[default]
     Copy,
-    /// Multi-row INSERT ... ON CONFLICT DO NOTHING through diesel-async.
+    /// Multi-row INSERTs through diesel-async.
     Insert,
 }
 
@@ -54,6 +57,14 @@ impl Sink {
         match self {
             Sink::Insert(sink) => sink.write(logins, quarantined).await,
             Sink::Copy(sink) => sink.write(logins, quarantined).await,
+        }
+    }
+
+    /// What `message_claims` holds for `keys` (one query): how the pipeline confirms ledger hits.
+    pub async fn claims(&self, keys: &[String]) -> Result<std::collections::HashMap<String, StoredClaim>, SinkError> {
+        match self {
+            Sink::Insert(sink) => sink.claims(keys).await,
+            Sink::Copy(sink) => sink.claims(keys).await,
         }
     }
 

@@ -1,55 +1,64 @@
-//! A JSONL file as a source, for backfills (`pii-ingest replay`): each non-blank line is one message
-//! whose id is `file:<sha256 of the file>:<line number>`, the same key `seed --file` attaches, so
-//! replaying a file twice, or replaying a file that was also sent through SQS, writes nothing new.
+//! The file source behind `pii-ingest replay`: each non-blank line is one message, in either form:
+//! - a plain body: keyed `key:line:<HMAC of the line>:<occurrence among equal lines>`, the same key
+//!   `seed --file` attaches, so appending to, reordering or re-exporting an archive writes only what
+//!   is new, and replaying a file also sent through SQS writes nothing new;
+//! - an envelope (`{"message_id", "sent_timestamp", "body", "attributes"}`, see [`super::envelope`]):
+//!   keyed exactly as its SQS delivery was ([`super::key::keys_or_flaw`]), dated by its
+//!   `sent_timestamp`, so replaying an export of messages already drained writes nothing new. A
+//!   malformed envelope becomes an `invalid_envelope` reject naming the member at fault.
+//!
 //! Lines go through the same pipeline (dedup, masking, ledger, one transaction per batch); there is
 //! nothing to delete.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 
-use super::{Deleted, Delivery, Source, SourceError};
+use super::envelope::Envelope;
+use super::key::{self, Occurrences};
+use super::{Deleted, Delivery, Flaw, Source, SourceError};
+use crate::event::RejectReason;
+use crate::mask::Masker;
 
 /// Lines handed to the pipeline per receive.
 const LINES_PER_RECEIVE: usize = 500;
 
+/// How lines are keyed: the masking key (plain lines are keyed by their HMAC) and the message
+/// attribute that carries a producer's idempotency key in envelopes (`sqs.idempotency_key_attribute`).
+#[derive(Clone)]
+pub struct Keying {
+    pub masker: Masker,
+    pub attribute: String,
+}
+
 pub struct FileSource {
     reader: Mutex<Lines>,
-    digest: String,
+    keying: Keying,
     sent_at: DateTime<Utc>,
 }
 
 struct Lines {
     reader: BufReader<File>,
-    number: usize,
+    occurrences: Occurrences,
     done: bool,
 }
 
 impl FileSource {
-    /// Opens `path`; every line is stamped `sent_at` (default: the file's modification time, so a
-    /// replay lands on the same `create_date` each time).
-    pub fn open(path: &Path, sent_at: Option<DateTime<Utc>>) -> std::io::Result<FileSource> {
-        let digest = file_digest(path)?;
+    /// Opens `path`; plain lines are stamped `sent_at` (default: the file's modification time, so a
+    /// replay lands on the same `create_date` each time), envelopes carry their own time.
+    pub fn open(path: &Path, sent_at: Option<DateTime<Utc>>, keying: Keying) -> std::io::Result<FileSource> {
         let file = File::open(path)?;
         let sent_at = match sent_at {
             Some(at) => at,
             None => file.metadata()?.modified()?.into(),
         };
-        Ok(FileSource {
-            reader: Mutex::new(Lines { reader: BufReader::with_capacity(1 << 20, file), number: 0, done: false }),
-            digest,
-            sent_at,
-        })
-    }
-
-    /// The key of line `number` (1-based) of a file with this content digest.
-    pub fn key(digest: &str, number: usize) -> String {
-        format!("file:{}:{number}", &digest[..32])
+        let lines =
+            Lines { reader: BufReader::with_capacity(1 << 20, file), occurrences: Occurrences::default(), done: false };
+        Ok(FileSource { reader: Mutex::new(lines), keying, sent_at })
     }
 
     fn next_chunk(&self) -> std::io::Result<Vec<Delivery>> {
@@ -63,38 +72,71 @@ impl FileSource {
                 lines.done = true;
                 break;
             }
-            lines.number += 1;
             while buffer.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 buffer.pop();
             }
             if buffer.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            chunk.push(Delivery {
-                message_id: Self::key(&self.digest, lines.number),
-                receipt_handle: String::new(),
-                body: std::mem::replace(&mut buffer, Vec::with_capacity(256)),
-                sent_at: self.sent_at,
-                receive_count: 1,
-            });
+            let line = std::mem::replace(&mut buffer, Vec::with_capacity(256));
+            chunk.push(self.delivery(&mut lines.occurrences, line));
         }
         Ok(chunk)
     }
-}
 
-/// Hex SHA-256 of a file's content.
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
+    /// One line as a delivery: an envelope keyed as SQS keyed it, or a plain line keyed by content.
+    fn delivery(&self, occurrences: &mut Occurrences, line: Vec<u8>) -> Delivery {
+        if Envelope::is_envelope(&line) {
+            match Envelope::parse(&line) {
+                Ok(envelope) => return self.envelope_delivery(envelope),
+                Err(error) => {
+                    let flaw = Flaw {
+                        reason: RejectReason::BadEnvelope,
+                        field: error.field.to_owned(),
+                        detail: error.to_string(),
+                    };
+                    let dedup = format!("key:{}", occurrences.next_key(&self.keying.masker, &line));
+                    // Only the envelope's body is kept (masked): the line around it is not a login.
+                    let body = error.body.unwrap_or_default().into_bytes();
+                    return Delivery {
+                        message_id: dedup,
+                        conflict_key: None,
+                        flaw: Some(flaw),
+                        receipt_handle: String::new(),
+                        body,
+                        sent_at: self.sent_at,
+                        receive_count: 1,
+                    };
+                }
+            }
         }
-        hasher.update(&buffer[..n]);
+        let dedup = format!("key:{}", occurrences.next_key(&self.keying.masker, &line));
+        Delivery {
+            message_id: dedup,
+            conflict_key: None,
+            flaw: None,
+            receipt_handle: String::new(),
+            body: line,
+            sent_at: self.sent_at,
+            receive_count: 1,
+        }
     }
-    Ok(hex::encode(hasher.finalize()))
+
+    fn envelope_delivery(&self, envelope: Envelope) -> Delivery {
+        let attribute = self.keying.attribute.as_str();
+        let producer = (!attribute.is_empty()).then(|| envelope.attributes.get(attribute)).flatten();
+        let origin = envelope.attributes.get(key::ORIGIN_ATTRIBUTE).map(String::as_str);
+        let (keys, flaw) = key::keys_or_flaw(&envelope.message_id, origin, producer.map(String::as_str), attribute);
+        Delivery {
+            message_id: keys.dedup,
+            conflict_key: keys.conflict,
+            flaw,
+            receipt_handle: String::new(),
+            sent_at: envelope.sent_at(),
+            body: envelope.body.into_bytes(),
+            receive_count: 1,
+        }
+    }
 }
 
 impl Source for FileSource {
@@ -127,30 +169,54 @@ impl Source for FileSource {
 mod tests {
     use super::*;
 
+    fn keying() -> Keying {
+        Keying { masker: Masker::new(&[7; 32], Some("k")).unwrap(), attribute: "idempotency-key".into() }
+    }
+
     #[tokio::test]
-    async fn lines_become_deliveries_keyed_by_content_and_line_number() {
+    async fn lines_become_deliveries_keyed_by_content_and_occurrence() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.jsonl");
         std::fs::write(&path, "{\"a\":1}\r\n\n  \n\u{ff}bad\n{\"a\":1}").unwrap();
-        let source = FileSource::open(&path, None).unwrap();
+        let source = FileSource::open(&path, None, keying()).unwrap();
         let batch = source.receive(10).await.unwrap();
         let ids: Vec<_> = batch.iter().map(|d| d.message_id.rsplit(':').next().unwrap().to_owned()).collect();
-        assert_eq!(ids, ["1", "4", "5"]);
+        assert_eq!(ids, ["1", "1", "2"]);
+        assert_eq!(
+            batch[0].message_id[..batch[0].message_id.len() - 1],
+            batch[2].message_id[..batch[2].message_id.len() - 1]
+        );
         assert_eq!(batch[0].body, b"{\"a\":1}");
         assert!(source.receive(10).await.unwrap().is_empty());
         assert!(source.is_drained().await.unwrap());
-        let again = FileSource::open(&path, None).unwrap().receive(10).await.unwrap();
-        assert_eq!(again[0].message_id, batch[0].message_id);
-        assert_eq!(again[0].sent_at, batch[0].sent_at);
+
+        // Reordered, the same lines keep their keys.
+        std::fs::write(&path, "\u{ff}bad\n{\"a\":1}\n{\"a\":1}\n").unwrap();
+        let again = FileSource::open(&path, None, keying()).unwrap().receive(10).await.unwrap();
+        let mut before: Vec<_> = batch.iter().map(|d| d.message_id.clone()).collect();
+        let mut after: Vec<_> = again.iter().map(|d| d.message_id.clone()).collect();
+        before.sort();
+        after.sort();
+        assert_eq!(before, after);
     }
 
-    #[test]
-    fn keys_match_what_seed_attaches_to_the_same_file() {
+    #[tokio::test]
+    async fn an_envelope_is_keyed_and_dated_as_its_sqs_delivery_was() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.jsonl");
-        std::fs::write(&path, "x\n\ny\n").unwrap();
-        let seeded = crate::seed::file_messages(&path, true).unwrap();
-        let digest = file_digest(&path).unwrap();
-        assert_eq!(seeded[1].key.as_deref(), Some(FileSource::key(&digest, 3).as_str()));
+        let lines = [
+            r#"{"message_id":"m-1","sent_timestamp":1700000000000,"body":"{\"a\":1}"}"#,
+            r#"{"message_id":"m-2","sent_timestamp":1700000000000,"body":"x","attributes":{"idempotency-key":"k-9"}}"#,
+            r#"{"message_id":"m-3","sent_timestamp":"later","body":"x"}"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let batch = FileSource::open(&path, None, keying()).unwrap().receive(10).await.unwrap();
+        assert_eq!((batch[0].message_id.as_str(), batch[0].body.as_slice()), ("sqs:m-1", b"{\"a\":1}".as_slice()));
+        assert_eq!(batch[0].sent_at, DateTime::from_timestamp_millis(1_700_000_000_000).unwrap());
+        let sqs = key::keys_or_flaw("m-2", None, Some("k-9"), "idempotency-key").0;
+        assert_eq!((batch[1].message_id.clone(), batch[1].conflict_key.clone()), (sqs.dedup, sqs.conflict));
+        let flaw = batch[2].flaw.as_ref().unwrap();
+        assert_eq!((flaw.reason, flaw.field.as_str()), (RejectReason::BadEnvelope, "sent_timestamp"));
+        assert_eq!(batch[2].body, b"x");
     }
 }

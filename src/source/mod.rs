@@ -2,7 +2,9 @@
 //! queue is drained. The pipeline knows nothing else about SQS, so tests can wrap the real source to
 //! inject faults (duplicate deliveries, failed deletes) while still talking to the emulator.
 
+pub mod envelope;
 pub mod file;
+pub mod key;
 pub mod sqs;
 
 use std::future::Future;
@@ -20,8 +22,15 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// receipt handle.
 #[derive(Clone)]
 pub struct Delivery {
-    /// The dedup key: the producer's idempotency key attribute when present, else the SQS MessageId.
+    /// The dedup key, namespaced by origin ([`key`]): `key:<producer key>` when the message carries
+    /// one, else `sqs:<MessageId>`; `key:line:...` for a plain archive line.
     pub message_id: String,
+    /// Where this delivery is recorded as a `key_conflict` should its producer key already be claimed
+    /// by another body: its own `sqs:<MessageId>` key. `None` when `message_id` is no producer key.
+    pub conflict_key: Option<String>,
+    /// A fault the source found before the body was judged (an unusable key, a malformed envelope):
+    /// the delivery is quarantined for it, whatever its body.
+    pub flaw: Option<Flaw>,
     /// What deletes this delivery.
     pub receipt_handle: String,
     /// The raw body. May hold PII: never log it.
@@ -30,6 +39,16 @@ pub struct Delivery {
     pub sent_at: DateTime<Utc>,
     /// SQS `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: i32,
+}
+
+/// Why a delivery is refused before its body is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flaw {
+    pub reason: crate::event::RejectReason,
+    /// The attribute or envelope member to blame.
+    pub field: String,
+    /// The problem, never quoting a value.
+    pub detail: String,
 }
 
 /// What a batch delete achieved. Failed entries are harmless: the message comes back and is skipped.

@@ -17,7 +17,7 @@ use aws_sdk_sqs::types::{
 };
 use chrono::{DateTime, Utc};
 
-use super::{Deleted, Delivery, Source, SourceError};
+use super::{Deleted, Delivery, Source, SourceError, key};
 use crate::config::SqsConfig;
 
 /// SQS returns at most this many messages per receive, and deletes at most this many per batch.
@@ -76,13 +76,19 @@ impl SqsSource {
         let sent_ms = system(MessageSystemAttributeName::SentTimestamp).and_then(|s| s.parse::<i64>().ok());
         let receive_count =
             system(MessageSystemAttributeName::ApproximateReceiveCount).and_then(|s| s.parse().ok()).unwrap_or(1);
-        let key = self.idempotency_attribute.as_ref().and_then(|name| {
-            let value = message.message_attributes()?.get(name)?.string_value()?;
-            (!value.is_empty() && value.len() <= 128).then(|| value.to_owned())
+        let message_id = message.message_id()?;
+        let producer_key = self.idempotency_attribute.as_ref().and_then(|name| {
+            // Present but not a string (a binary attribute) is an unusable key too, not "no key".
+            Some(message.message_attributes()?.get(name)?.string_value().unwrap_or_default())
         });
-        let message_id = key.or_else(|| message.message_id().map(str::to_owned))?;
+        let attribute = self.idempotency_attribute.as_deref().unwrap_or_default();
+        let origin =
+            message.message_attributes().and_then(|a| a.get(key::ORIGIN_ATTRIBUTE)).and_then(|v| v.string_value());
+        let (keys, flaw) = key::keys_or_flaw(message_id, origin, producer_key, attribute);
         Some(Delivery {
-            message_id,
+            message_id: keys.dedup,
+            conflict_key: keys.conflict,
+            flaw,
             receipt_handle: message.receipt_handle()?.to_owned(),
             sent_at: sent_ms.and_then(DateTime::from_timestamp_millis).unwrap_or_else(Utc::now),
             receive_count,
@@ -143,6 +149,7 @@ impl Source for SqsSource {
         if let Some(name) = &self.idempotency_attribute {
             request = request.message_attribute_names(name);
         }
+        request = request.message_attribute_names(key::ORIGIN_ATTRIBUTE);
         let output = request
             .customize()
             .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(self.receive_timeouts.clone()))

@@ -195,7 +195,7 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
 
     // The database is dropped and recreated; the ledger directory survives with all 100 ids.
     db.execute(
-        "DROP TABLE user_logins, quarantined_messages, ingest_meta, reveal_audit, rekey_audit, erasure_audit, \
+        "DROP TABLE user_logins, quarantined_messages, message_claims, ingest_meta, reveal_audit, rekey_audit, erasure_audit, \
          retention_audit, __diesel_schema_migrations CASCADE",
     )
     .await;

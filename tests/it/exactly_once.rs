@@ -215,12 +215,13 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
         ip_sealed: None,
         device_id_sealed: None,
         seal_key_id: None,
+        body_fingerprint: format!("{i:064}"),
     };
     for (sink, offset) in [(db.copy_sink(), 0), (db.insert_sink(), 100)] {
         let first: Vec<_> = (offset..offset + 10).map(row).collect();
         assert_eq!(sink.write(&first, &[]).await.unwrap().logins.len(), 10);
-        // 5..15: five already stored, five new. The COPY sink's direct path is refused by the unique
-        // index and falls back to staging + ON CONFLICT.
+        // 5..15: five already claimed, five new. The COPY sink's direct COPY of the claims is refused
+        // by their primary key and falls back to INSERT ... ON CONFLICT.
         let mixed: Vec<_> = (offset + 5..offset + 15).map(row).collect();
         let written = sink.write(&mixed, &[]).await.unwrap();
         let mut ids: Vec<_> = written.logins.into_iter().collect();

@@ -8,6 +8,7 @@ mod chaos;
 mod cli;
 mod deploy;
 mod exactly_once;
+mod fates;
 mod masking;
 mod migrations;
 mod pii_corpus;

@@ -138,7 +138,7 @@ impl TestQueue {
     }
 
     pub async fn send_bodies<S: Into<String>>(&self, bodies: impl IntoIterator<Item = S>) {
-        self.send(bodies.into_iter().map(|b| Outgoing { body: b.into(), key: None }).collect()).await;
+        self.send(bodies.into_iter().map(|b| Outgoing { body: b.into(), ..Outgoing::default() }).collect()).await;
     }
 
     /// Visible + in flight + delayed.
@@ -195,7 +195,13 @@ pub fn settings() -> Settings {
         until_empty: true,
         delete_rejected: true,
         max_inflight_bytes: pii_ingest::config::DEFAULT_MAX_INFLIGHT_BYTES,
+        retry_budget: pii_ingest::pipeline::RETRY_BUDGET,
     }
+}
+
+/// How test replays key their lines: the test masking key, the default attribute.
+pub fn keying() -> pii_ingest::source::file::Keying {
+    pii_ingest::source::file::Keying { masker: masker(), attribute: "idempotency-key".into() }
 }
 
 pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings: Settings) -> Pipeline<S> {
@@ -261,4 +267,18 @@ pub fn binary_env(db: &TestDb, queue: &TestQueue, ledger_dir: &std::path::Path) 
         // Tests run in parallel: each process serves its metrics on a port of its own.
         ("PII_INGEST__METRICS__LISTEN".into(), "127.0.0.1:0".into()),
     ]
+}
+
+/// Polls the queue until it holds at most `want` messages (visible, in flight or delayed), failing
+/// the test after 30 s.
+pub async fn wait_for_count_at_most(queue: &TestQueue, want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = queue.depth().await;
+        if n <= want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the queue stayed at {n}, expected at most {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
