@@ -109,18 +109,19 @@ impl SinkError {
             SinkError::Query(error) => error,
         };
         match error {
-            DieselError::DatabaseError(kind, _) => match kind {
+            DieselError::DatabaseError(
                 DatabaseErrorKind::UniqueViolation
                 | DatabaseErrorKind::NotNullViolation
                 | DatabaseErrorKind::CheckViolation
                 | DatabaseErrorKind::ForeignKeyViolation
-                | DatabaseErrorKind::ExclusionViolation => Disposition::DataError,
-                // diesel keeps no SQLSTATE for the rest: a value too long (22001) and a cancelled
-                // statement (57014) are both `Unknown`. They are retried, never blamed on the rows by
-                // their wording (which follows the server's lc_messages); a failure that outlasts the
-                // pipeline's retry budget while the server answers is then split like a data error.
-                _ => Disposition::Retry,
-            },
+                | DatabaseErrorKind::ExclusionViolation,
+                _,
+            ) => Disposition::DataError,
+            // diesel keeps no SQLSTATE for the rest: a value too long (22001) and a cancelled statement
+            // (57014) are both `Unknown`. They are retried, never blamed on the rows by their wording
+            // (which follows the server's lc_messages); a failure that outlasts the pipeline's retry
+            // budget while the server answers is then split like a data error.
+            DieselError::DatabaseError(..) => Disposition::Retry,
             DieselError::SerializationError(_) | DieselError::QueryBuilderError(_) => Disposition::DataError,
             _ => Disposition::Retry,
         }
