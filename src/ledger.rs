@@ -1,7 +1,8 @@
 //! The ledger: a local sled skip-cache of message ids whose row or quarantine record is committed.
 //!
-//! It saves a database round trip for redeliveries and survives restarts, but it is never the truth:
-//! Postgres' unique `message_id` is. So the rules are
+//! It saves a database write for redeliveries and survives restarts, but it is never the truth:
+//! Postgres' `message_claims` is, and the pipeline skips a hit only once Postgres confirms it (so a
+//! database restored under a live ledger costs a rewrite, never a message). So the rules are
 //! - record an id only *after* its transaction committed (an id recorded first could mark as done a
 //!   message whose row never landed);
 //! - any ledger failure (will not open, read or write error, wiped, stale, malformed entry) costs speed

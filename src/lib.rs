@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! source::sqs ──► pipeline ──► event (parse, validate) ──► mask ──► sink ──► ledger ──► source (delete)
-//!   receive 10     batches       login or reject              HMAC     one tx, ON CONFLICT   record    after commit
+//!   receive 10     batches       login or reject              HMAC     claim + write, 1 tx   record    after commit
 //! ```
 //!
 //! | module | role | may touch |
@@ -20,11 +20,12 @@
 //! | [`seal`] | X25519 sealed boxes: seal with the public key, open with the private | key files |
 //! | [`ledger`] | sled skip-cache of committed message ids | its sled directory |
 //! | [`source`] | receive / delete / drained? behind the [`source::Source`] trait; SQS impl | SQS |
-//! | [`sink`] | one Postgres transaction per batch, `ON CONFLICT (message_id) DO NOTHING` | Postgres |
+//! | [`sink`] | one durable Postgres transaction per batch: claim the keys, write what was claimed | Postgres |
 //! | [`db`] | the one connect helper (TLS per `sslmode`: [`db::tls`]), pool, embedded migrations, database creation | Postgres |
 //! | [`pipeline`] | receive -> skip known -> judge -> write -> record -> delete | all of the above |
 //! | [`server`] | HTTP: `/metrics`, `/healthz`, `/readyz`; polled gauges | SQS, Postgres, ledger |
 //! | [`progress`] | progress bars on a terminal, silent elsewhere | stderr |
+//! | [`export`] | a queue to an envelope file, deleting only what is on disk | SQS, the file |
 //! | [`seed`] | load a queue from a JSONL file or with synthetic logins | SQS |
 //! | [`counters`] | counters for one drain and the reconciliation report | nothing |
 //! | [`telemetry`] | the tracing subscriber (text or JSON), error chains for logs | stderr |
@@ -41,6 +42,7 @@ pub mod config;
 pub mod counters;
 pub mod db;
 pub mod event;
+pub mod export;
 pub mod ledger;
 pub mod mask;
 pub mod pipeline;

@@ -12,6 +12,7 @@ use pii_ingest::config::{Config, LogFormat};
 mod check_config;
 mod completions;
 mod drain;
+mod export;
 mod health;
 mod keygen;
 mod migrate;
@@ -45,12 +46,16 @@ pub enum Command {
     Migrate(migrate::Args),
     /// Send messages to the queue, creating it if missing.
     Seed(seed::Args),
-    /// Feed a JSONL file through the write path (backfills, dead-letter dumps). Each line's id is the
-    /// file's content hash + its line number: replaying a file twice writes nothing new.
+    /// Feed a JSONL file through the write path (backfills, dead-letter dumps). A plain line is keyed
+    /// by its content and occurrence, an envelope line as its SQS delivery was: replaying a file twice,
+    /// grown, reordered or re-exported, writes only what is new.
     Replay(replay::Args),
     /// Remove rows and quarantine records older than retention.days (--older-than-days N), print
     /// what was removed and record it in retention_audit; --dry-run only counts.
     Retention(retention::Args),
+    /// Write a queue (a dead-letter queue, typically) to an envelope JSONL file for `replay` or
+    /// `seed --file`; deletes each message once its line is on disk, or leaves them with --peek.
+    Export(export::Args),
     /// Rows, date range, quarantined by reason, ledger entries, last ingest time.
     Stats(stats::Args),
     /// Write an X25519 key pair for sealing PII: DIR/seal.pub (give it to the ingester as
@@ -91,6 +96,7 @@ impl Command {
             Command::Seed(args) => seed::run(args, &config).await,
             Command::Replay(args) => replay::run(args, config).await,
             Command::Retention(args) => retention::run(args, &config).await,
+            Command::Export(args) => export::run(args, &config).await,
             Command::Stats(args) => stats::run(args, &config).await,
             Command::Keygen(args) => keygen::run(args),
             Command::Reveal(args) => reveal::run(args, &config).await,

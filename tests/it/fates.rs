@@ -333,3 +333,52 @@ async fn a_poison_row_is_isolated_after_a_retry_budget_on_both_sinks_whatever_th
         queue.delete().await;
     }
 }
+
+#[tokio::test]
+async fn an_exported_queue_replayed_or_re_driven_after_its_drain_writes_nothing_twice() {
+    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = support::binary_env(&db, &queue, dir.path());
+    let dump = dir.path().join("dump.jsonl");
+    let sample = support::sample();
+    let mut messages: Vec<Outgoing> =
+        sample[..8].iter().map(|b| Outgoing { body: b.clone(), ..Outgoing::default() }).collect();
+    messages[0].key = Some("order-1".into());
+    queue.send(messages).await;
+
+    // A peek leaves every message in the queue; the drain then writes them.
+    let peeked = ok(run(&env, &["export", "--out", dump.to_str().unwrap(), "--peek"]));
+    assert!(peeked.contains("exported 8 message(s)"), "{peeked}");
+    assert_eq!(queue.depth().await, 8);
+    let drained = drain_once(queue.source().await, &db).await;
+    assert_eq!(drained.written + drained.quarantined_total(), 8, "{drained}");
+
+    // The dump replayed: every envelope is keyed as its SQS delivery was, and dated by it.
+    let replayed = drain_once(FileSource::open(&dump, None, support::keying()).unwrap(), &db).await;
+    assert_eq!((replayed.written, replayed.quarantined_total(), replayed.duplicates()), (0, 0, 8), "{replayed}");
+    // Re-driven to the queue: the same messages again, under their old ids.
+    ok(run(&env, &["seed", "--file", dump.to_str().unwrap()]));
+    let redriven = drain_once(queue.source().await, &db).await;
+    assert_eq!((redriven.written, redriven.quarantined_total(), redriven.duplicates()), (0, 0, 8), "{redriven}");
+    assert_eq!(db.count(PROCESSED).await, 8);
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE message_id = 'key:order-1'").await, 1);
+
+    // A draining export deletes what it wrote, and only that. (First the drain's last long poll, 1 s,
+    // must be over: one abandoned server-side would take the new messages in flight.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    queue.send_bodies(support::logins(3)).await;
+    let out = dir.path().join("dlq.jsonl");
+    let exported = ok(run(&env, &["export", "--out", out.to_str().unwrap()]));
+    assert_eq!(queue.depth().await, 0, "{exported}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    let written = drain_once(FileSource::open(&out, None, support::keying()).unwrap(), &db).await;
+    assert_eq!(written.written, 3, "{written}");
+    assert_eq!(
+        db.count("SELECT count(*) AS n FROM user_logins WHERE create_date <> (sent_at AT TIME ZONE 'UTC')::date").await,
+        0
+    );
+    assert_eq!(db.count(PROCESSED).await, 11);
+    db.drop().await;
+    queue.delete().await;
+}
