@@ -63,7 +63,10 @@ const COUNTER_HELP: [(&str, &str); 13] = [
     ("pii_ingest_messages_received_total", "SQS deliveries received (a redelivery counts again)"),
     ("pii_ingest_rows_written_total", "Rows inserted into user_logins"),
     ("pii_ingest_duplicates_total", "Deliveries already written, by the layer that caught them"),
-    ("pii_ingest_ledger_unconfirmed_total", "Ledger hits Postgres did not confirm (a restored database), written instead"),
+    (
+        "pii_ingest_ledger_unconfirmed_total",
+        "Ledger hits Postgres did not confirm (a restored database), written instead",
+    ),
     ("pii_ingest_abandoned_total", "Deliveries in hand at a forced stop, left for SQS to redeliver"),
     ("pii_ingest_messages_deleted_total", "Messages deleted from SQS after their batch committed"),
     ("pii_ingest_delete_failures_total", "Deletes that failed after retries (the message returns and is skipped)"),
