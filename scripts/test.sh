@@ -37,10 +37,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   [ -z "$policy" ] || $sudo rm -f "$policy"
 fi
 
-# Databases of earlier runs whose tests failed before cleaning up after themselves.
+# Databases of earlier runs whose tests failed before cleaning up after themselves: only those older
+# than two hours, so a second suite running beside this one (another checkout) keeps its databases.
 if command -v psql >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
-    "SELECT datname FROM pg_database WHERE datname LIKE 'pii_it_%'" 2>/dev/null |
+    "SELECT datname FROM pg_database WHERE datname LIKE 'pii_it_%'
+       AND (pg_stat_file('base/' || oid || '/PG_VERSION')).modification < now() - interval '2 hours'" 2>/dev/null |
     while read -r name; do
       psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
     done
