@@ -17,6 +17,19 @@
 #   PII_INGEST_EMULATOR_TIMEOUT  seconds to wait for readiness on start (default 60)
 #   PII_INGEST_EMULATOR_SERVICES services to run (default sqs,sns: SNS for the envelope tests, whose
 #                                SNS -> SQS subscriptions deliver real notification envelopes)
+#   PII_INGEST_EMULATOR_PERSIST  a directory: keep the SQS state across stop/start (off by default)
+#   PII_INGEST_EMULATOR_STOP_TIMEOUT  seconds 'stop' waits after TERM before KILL (default 10, or 120
+#                                for an emulator that persists, to leave time for the save)
+#
+# Persistence: community LocalStack keeps SQS in memory only (PERSISTENCE=1 is a Pro feature), so a
+# restart would lose every queue and message, which a real SQS outage never does. With
+# PII_INGEST_EMULATOR_PERSIST=DIR the emulator runs through scripts/localstack/persistent.py, which saves
+# all SQS queues and messages (visible, in flight with their receipt handles and visibility deadlines,
+# delayed) to DIR/sqs-state.pickle when 'stop' sends TERM, and loads them on the next start before
+# serving. So 'restart' behaves like an SQS endpoint outage: connections refused while it is down,
+# every message still there after. 'stop' fails if the state could not be saved. A snapshot is consumed
+# when loaded, so after a KILL (no save) the next start is empty rather than stale. SNS is not saved.
+# scripts/localstack/persist-check.sh proves it (and times save/load for 100,000 messages).
 #
 # Clients: endpoint http://127.0.0.1:4566, region us-east-1, access key/secret "test"/"test".
 set -euo pipefail
@@ -32,6 +45,8 @@ PORT="${PII_INGEST_EMULATOR_PORT:-4566}"
 HOST="127.0.0.1"
 TIMEOUT="${PII_INGEST_EMULATOR_TIMEOUT:-60}"
 SERVICES="${PII_INGEST_EMULATOR_SERVICES:-sqs,sns}"
+PERSIST="${PII_INGEST_EMULATOR_PERSIST:-}"
+STOP_TIMEOUT="${PII_INGEST_EMULATOR_STOP_TIMEOUT:-}"
 
 # Default port: var/emulator/localstack.{log,pid}; another port gets its own files (localstack-PORT.*)
 # so that several emulators can run side by side.
@@ -50,6 +65,9 @@ die() { printf 'emulator: error: %s\n' "$*" >&2; exit 1; }
 
 case "$PORT" in
   '' | *[!0-9]*) die "PII_INGEST_EMULATOR_PORT must be a port number, got '$PORT'" ;;
+esac
+case "$STOP_TIMEOUT" in
+  *[!0-9]*) die "PII_INGEST_EMULATOR_STOP_TIMEOUT must be a number of seconds, got '$STOP_TIMEOUT'" ;;
 esac
 
 # ---------------------------------------------------------------- install
@@ -133,13 +151,19 @@ port_in_use() {
   (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null
 }
 
+# 0 when process $1 runs through the persistence launcher.
+persists() {
+  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -q 'localstack/persistent\.py'
+}
+
 # Prints the pid from the pid file if that process is alive and is our emulator.
 managed_pid() {
   [[ -f "$PID_FILE" ]] || return 1
   local pid
   pid="$(tr -dc '0-9' <"$PID_FILE")"
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
-  if [[ -r "/proc/$pid/cmdline" ]] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'localstack.runtime.main'; then
+  if [[ -r "/proc/$pid/cmdline" ]] &&
+      ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -Eq 'localstack\.runtime\.main|localstack/persistent\.py'; then
     return 1 # pid reused by something else
   fi
   printf '%s\n' "$pid"
@@ -156,6 +180,10 @@ log_tail() {
 cmd_start() {
   if healthy; then
     log "already running on $HOST:$PORT (sqs up)"
+    local running
+    if [[ -n "$PERSIST" ]] && { ! running="$(managed_pid)" || ! persists "$running"; }; then
+      log "warning: that emulator was not started with PII_INGEST_EMULATOR_PERSIST: it keeps no state"
+    fi
     return 0
   fi
   venv_ok || cmd_install
@@ -170,6 +198,13 @@ cmd_start() {
       die "port $PORT is in use by something that is not a ready LocalStack SQS (set PII_INGEST_EMULATOR_PORT)"
     fi
     [[ -f "$LOG_FILE" ]] && mv -f -- "$LOG_FILE" "$LOG_FILE.prev"
+    # The runtime itself, or the launcher that runs it with the SQS state saved and loaded.
+    local entry=(-m localstack.runtime.main)
+    if [[ -n "$PERSIST" ]]; then
+      mkdir -p -- "$PERSIST" || die "cannot create PII_INGEST_EMULATOR_PERSIST directory '$PERSIST'"
+      PERSIST="$(cd -- "$PERSIST" && pwd -P)" # the emulator runs in $STATE_DIR
+      entry=("$SCRIPT_DIR/localstack/persistent.py")
+    fi
     local launcher=()
     command -v setsid >/dev/null 2>&1 && launcher=(setsid)
     # OVERRIDE_IN_DOCKER=0: inside a container LocalStack otherwise picks its container layout and
@@ -191,7 +226,8 @@ cmd_start() {
         DISABLE_EVENTS=1 \
         SKIP_SSL_CERT_DOWNLOAD=1 \
         LS_LOG=warn \
-        "$VENV/bin/python" -m localstack.runtime.main
+        PII_INGEST_EMULATOR_PERSIST="$PERSIST" \
+        "$VENV/bin/python" "${entry[@]}"
     ) >"$LOG_FILE" 2>&1 </dev/null &
     pid=$!
     printf '%s\n' "$pid" >"$PID_FILE"
@@ -201,6 +237,7 @@ cmd_start() {
   while ((SECONDS - started < TIMEOUT)); do
     if all_healthy; then
       log "running on http://$HOST:$PORT (pid $pid, ready in $((SECONDS - started)) s, log $LOG_FILE)"
+      [[ -z "$PERSIST" ]] || grep -h '^persistent: ' "$LOG_FILE" | sed 's/^/emulator: /' || true
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -234,18 +271,35 @@ cmd_stop() {
   fi
   [[ "$pgid" == "$pid" ]] && target="-$pid"
 
+  # Whether this emulator saves its state is decided by how it was started, not by our environment.
+  local persisting="" grace="${STOP_TIMEOUT:-10}"
+  if persists "$pid"; then
+    persisting=1
+    grace="${STOP_TIMEOUT:-120}"
+  fi
+
   kill -TERM -- "$target" 2>/dev/null || true
-  local i
-  for ((i = 0; i < 100; i++)); do # 10 s grace
+  local i killed=""
+  for ((i = 0; i < grace * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not exit on TERM; sending KILL"
+    log "pid $pid did not exit within $grace s of TERM; sending KILL"
     kill -KILL -- "$target" 2>/dev/null || true
+    killed=1
     sleep 0.5
   fi
   rm -f -- "$PID_FILE"
+  if [[ -n "$persisting" ]]; then
+    local saved
+    saved="$(grep -h '^persistent: saved ' "$LOG_FILE" 2>/dev/null | tail -n 1)" || saved=""
+    if [[ -n "$killed" || -z "$saved" ]]; then
+      log_tail
+      die "pid $pid stopped without saving its SQS state (see $LOG_FILE)"
+    fi
+    log "${saved#persistent: }"
+  fi
 
   for ((i = 0; i < 100; i++)); do # wait up to 10 s for the port
     port_in_use || { log "stopped (pid $pid)"; return 0; }
@@ -270,7 +324,7 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 }
 
 case "${1:-}" in
