@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: makes sure Postgres is up, installs and starts the SQS emulator
-# (LocalStack, pinned, in .venv/), then runs every unit and integration test. Extra arguments go to
-# `cargo test` (for example `scripts/test.sh exactly_once`).
+# (LocalStack, pinned, in .venv/), runs clippy (warnings fail), then every unit and integration test.
+# Extra arguments go to `cargo test` (for example `scripts/test.sh exactly_once`) and skip clippy.
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
@@ -46,6 +46,11 @@ if command -v psql >/dev/null 2>&1; then
     while read -r name; do
       psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
     done
+fi
+
+# Lints first: a warning fails the suite as a failing test does ([lints] in Cargo.toml).
+if [ $# -eq 0 ]; then
+  cargo clippy --locked --all-targets -- -D warnings
 fi
 
 cargo test --locked "$@"

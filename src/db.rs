@@ -172,7 +172,7 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, DbError> {
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let done = conn.run_pending_migrations(MIGRATIONS).map_err(DbError::Migrate)?;
-        Ok(done.iter().map(|v| v.to_string()).collect())
+        Ok(done.iter().map(ToString::to_string).collect())
     })
     .await
     .expect("the migration task does not panic")

@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn configured_names_are_accepted_and_two_names_of_one_field_are_ambiguous() {
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let names = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         let (u, a, d) = (
             names(&["user_id", "userId"]),
             names(&["app_version", "appVersion"]),
@@ -633,7 +633,7 @@ mod properties {
         #[test]
         fn any_valid_login_round_trips_its_fields(
             user_id in "[^\\x00-\\x1f]{1,128}",
-            ip in any::<std::net::IpAddr>(),
+            ip in any::<IpAddr>(),
             device_id in "[0-9]{3}-[0-9]{2}-[0-9]{4}",
             locale in proptest::option::of("[A-Z]{2}"),
         ) {

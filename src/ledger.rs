@@ -147,7 +147,7 @@ impl Ledger {
     pub fn contains(&self, id: &str) -> bool {
         let Some(store) = &self.store else { return false };
         let key = key(id);
-        store.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).keys.contains(&key)
+        store.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys.contains(&key)
     }
 
     /// Records ids whose transaction has committed. A write error is logged and ignored: the database
@@ -201,7 +201,7 @@ impl Ledger {
 
     /// Number of ids held.
     pub fn len(&self) -> usize {
-        self.store.as_ref().map_or(0, |store| store.read_len())
+        self.store.as_ref().map_or(0, Store::read_len)
     }
 
     /// Whether the ledger holds no id.
@@ -309,11 +309,11 @@ impl Store {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read_len(&self) -> usize {
-        self.index.read().unwrap_or_else(|poisoned| poisoned.into_inner()).keys.len()
+        self.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys.len()
     }
 }
 
@@ -394,7 +394,7 @@ fn open_sled(path: &Path) -> sled::Result<sled::Db> {
 
 fn aside_path(path: &Path) -> PathBuf {
     let stamp = now_millis();
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
     name.push(format!(".unreadable-{stamp}"));
     path.with_file_name(name)
 }
@@ -433,7 +433,7 @@ mod tests {
         let uuid = uuid::Uuid::new_v4();
         let forms =
             [uuid.hyphenated().to_string(), uuid.hyphenated().to_string().to_uppercase(), uuid.simple().to_string()];
-        let keys: std::collections::HashSet<u128> = forms.iter().map(|f| key(f)).collect();
+        let keys: HashSet<u128> = forms.iter().map(|f| key(f)).collect();
         assert_eq!(keys.len(), 3, "only the canonical form maps to the UUID's own bytes");
         assert_eq!(key(&forms[0]), uuid.as_u128());
     }

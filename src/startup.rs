@@ -61,7 +61,7 @@ pub async fn pipeline_over<S: Source>(
         ledger.entries = ledger.len(),
         receivers = settings.receivers,
         write_method = ?config.postgres.write_method,
-        seal_key_id = sealer.as_ref().map(|s| s.key_id()),
+        seal_key_id = sealer.as_ref().map(Sealer::key_id),
         "pipeline ready"
     );
     Ok(Pipeline {

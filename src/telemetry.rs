@@ -80,7 +80,7 @@ pub fn init(config: &LogConfig) {
 /// Colours (ANSI escape codes) only for a person at a terminal: never into a pipe, a file, a
 /// container's log or CI, and not when `NO_COLOR` is set to anything non-empty (no-color.org).
 fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// An error and its sources on one line: `outer: inner: root`. SDK errors say little at the top.

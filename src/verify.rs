@@ -259,7 +259,7 @@ pub fn flag_days(days: &mut [Day]) -> Check {
 /// sealed quarantine records, from their opened values.
 async fn rederive_sample(client: &Client, since: Option<NaiveDate>, keys: &Rederive) -> Result<Check, VerifyError> {
     let name = "sealed_values_rederive";
-    let seal_ids: Vec<&str> = keys.openers.iter().map(|o| o.key_id()).collect();
+    let seal_ids: Vec<&str> = keys.openers.iter().map(Opener::key_id).collect();
     let (rows, rows_failing) = sample_logins(client, since, keys, &seal_ids).await?;
     let (records, records_failing) = sample_quarantine(client, since, keys, &seal_ids).await?;
     if rows + records == 0 {

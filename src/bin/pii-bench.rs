@@ -163,7 +163,7 @@ async fn large_bodies(
         let watcher = tokio::task::spawn_blocking(move || wait_with_peak_rss(child));
         let started = Instant::now();
         feed_large(&client, &queue.1, n).await?;
-        let pg = pii_ingest::db::connect_client(&db_url).await?;
+        let pg = db::connect_client(&db_url).await?;
         let sql = "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM quarantined_messages)";
         while (pg.query_one(sql, &[]).await?.get::<_, i64>(0) as usize) < 5 * n {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -240,7 +240,7 @@ async fn backlog(
     let started = Instant::now();
     let usage = wait_with_peak_rss(spawn(ingester, &["run", "--until-empty", "--json"], &env)?)?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    let pg = pii_ingest::db::connect_client(&db_url).await?;
+    let pg = db::connect_client(&db_url).await?;
     let rows: i64 = pg.query_one("SELECT count(*) FROM user_logins", &[]).await?.get(0);
     let quarantined: i64 = pg.query_one("SELECT count(*) FROM quarantined_messages", &[]).await?.get(0);
     if (rows + quarantined) as usize != n {
@@ -338,14 +338,14 @@ async fn bare_copy(db_url: &str, lines: &[String], streams: usize) -> anyhow::Re
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let client = pii_ingest::db::connect_client(db_url).await?;
+    let client = db::connect_client(db_url).await?;
     client
         .batch_execute("DROP TABLE IF EXISTS bench_copy; CREATE TABLE bench_copy (LIKE user_logins INCLUDING ALL)")
         .await?;
     // As many COPY streams as the ingester has writers, each one transaction over its share.
     let mut clients = Vec::new();
     for _ in 0..streams {
-        clients.push(pii_ingest::db::connect_client(db_url).await?);
+        clients.push(db::connect_client(db_url).await?);
     }
     let share = rows.len().div_ceil(streams);
     let started = Instant::now();
@@ -442,7 +442,7 @@ async fn latency(
         }
         tokio::time::sleep(tick).await;
     }
-    let mut pg = pii_ingest::db::connect_client(&db_url).await?;
+    let mut pg = db::connect_client(&db_url).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let n: i64 = pg.query_one("SELECT count(*) FROM user_logins", &[]).await?.get(0);

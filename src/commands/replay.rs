@@ -47,7 +47,7 @@ pub async fn run(args: Args, mut config: Config) -> anyhow::Result<ExitCode> {
     let mut settings = Settings::from_config(&config.pipeline, true);
     settings.batch_max_rows = args.batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
-    settings.receivers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(settings.receivers);
+    settings.receivers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(settings.receivers);
     if args.no_ledger {
         // Never opened: the store stays untouched (and unlocked for a `run` beside this replay).
         config.ledger.enabled = false;

@@ -280,7 +280,7 @@ impl<S: Source> Pipeline<S> {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", "could not extend visibility; the batch may be redelivered (and then skipped)")
+                        tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", "could not extend visibility; the batch may be redelivered (and then skipped)");
                     }
                 }
             }
@@ -316,7 +316,7 @@ async fn delete_with_retry<S: Source>(source: &S, mut handles: Vec<String>, stat
                 handles = outcome.failed;
             }
             Err(error) => {
-                tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", attempt, "delete failed")
+                tracing::warn!(error = %crate::telemetry::chain(&error), disposition = "retry", attempt, "delete failed");
             }
         }
         if attempt < DELETE_ATTEMPTS {

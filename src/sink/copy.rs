@@ -144,7 +144,7 @@ impl CopySink {
             Ok(result) => result.map_err(SinkError::Copy),
             Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
         };
-        if result.as_ref().is_err_and(|e| e.drops_connection()) || connection.client.is_closed() {
+        if result.as_ref().is_err_and(SinkError::drops_connection) || connection.client.is_closed() {
             *slot = None;
         }
         result
@@ -159,7 +159,7 @@ impl CopySink {
             Ok(result) => result.map_err(SinkError::Copy),
             Err(_) => Err(SinkError::Timeout { what: "claims query", after: self.limits.write }),
         };
-        if result.as_ref().is_err_and(|e| e.drops_connection()) || connection.client.is_closed() {
+        if result.as_ref().is_err_and(SinkError::drops_connection) || connection.client.is_closed() {
             *slot = None;
         }
         result

@@ -199,7 +199,7 @@ const ROW_DATA_ERRORS: [&str; 12] = [
 ];
 
 fn copy_disposition(error: &tokio_postgres::Error) -> Disposition {
-    match error.code().map(|c| c.code()) {
+    match error.code().map(tokio_postgres::error::SqlState::code) {
         Some(code) if ROW_DATA_ERRORS.contains(&code) => Disposition::DataError,
         _ => Disposition::Retry,
     }

@@ -63,7 +63,7 @@ impl FileSource {
 
     fn next_chunk(&self) -> std::io::Result<Vec<Delivery>> {
         // A poisoned lock means a reader panicked mid-line; the file position is still sound.
-        let mut lines = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut chunk = Vec::with_capacity(LINES_PER_RECEIVE);
         let mut buffer = Vec::new();
         while chunk.len() < LINES_PER_RECEIVE && !lines.done {
@@ -151,7 +151,7 @@ impl Source for FileSource {
     }
 
     async fn is_drained(&self) -> Result<bool, SourceError> {
-        Ok(self.reader.lock().unwrap_or_else(|p| p.into_inner()).done)
+        Ok(self.reader.lock().unwrap_or_else(std::sync::PoisonError::into_inner).done)
     }
 
     async fn extend(&self, handles: &[String], _: u32) -> Result<usize, SourceError> {

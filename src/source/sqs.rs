@@ -9,6 +9,7 @@
 
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -277,7 +278,7 @@ pub async fn client(config: &SqsConfig) -> Client {
 pub async fn queue_url(client: &Client, name: &str) -> Result<String, SourceError> {
     match client.get_queue_url().queue_name(name).send().await {
         Ok(output) => Ok(output.queue_url.unwrap_or_default()),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => {
+        Err(e) if e.as_service_error().is_some_and(GetQueueUrlError::is_queue_does_not_exist) => {
             Err(SourceError::QueueNotFound(name.to_owned()))
         }
         Err(e) => Err(sqs_error("GetQueueUrl", e)),

@@ -73,7 +73,7 @@ async fn drain(env: &[(String, String)]) -> serde_json::Value {
 }
 
 fn quarantined(report: &serde_json::Value) -> u64 {
-    report["quarantined"].as_object().map(|o| o.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0)
+    report["quarantined"].as_object().map(|o| o.values().filter_map(serde_json::Value::as_u64).sum()).unwrap_or(0)
 }
 
 /// The generated load and the user ids of its valid logins (what `user_logins` must hold at the end).

@@ -138,7 +138,7 @@ async fn prefer_encrypts_where_it_can_and_falls_back_to_plaintext_where_it_canno
 async fn require_encrypts_without_a_ca_and_fails_in_one_line_against_a_server_without_tls() {
     assert!(encrypted(&tls_server().url("127.0.0.1", "postgres", "sslmode=require")).await);
     let url = plain_server().url("localhost", "postgres", "sslmode=require");
-    let error = db::connect_client(&url).await.err().expect("the plain server has ssl off");
+    let error = db::connect_client(&url).await.expect_err("the plain server has ssl off");
     let error = format!("{:#}", anyhow::Error::new(error)); // as the binary prints it
     assert!(
         error.ends_with("TLS: the server does not accept TLS connections, and sslmode=require requires TLS"),

@@ -200,8 +200,8 @@ pub fn settings() -> Settings {
 }
 
 /// How test replays key their lines: the test masking key, the default attribute.
-pub fn keying() -> pii_ingest::source::file::Keying {
-    pii_ingest::source::file::Keying { masker: masker(), attribute: "idempotency-key".into() }
+pub fn keying() -> source::file::Keying {
+    source::file::Keying { masker: masker(), attribute: "idempotency-key".into() }
 }
 
 pub fn pipeline<S: Source>(source: S, db: &TestDb, ledger: Arc<Ledger>, settings: Settings) -> Pipeline<S> {

@@ -202,6 +202,7 @@ fn configure(dir: &Path, data: &Path, port: u16, tls: bool) -> Result<(), String
 
 /// Starts the postmaster from a thread that never ends, so the kernel's parent-death signal fires
 /// only when the whole test process is gone.
+#[expect(unsafe_code, reason = "pre_exec: the child must die with the test process (prctl)")]
 fn spawn_postmaster(bin: &Path, data: &Path, dir: &Path) -> Result<(), String> {
     let log = std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?;
     let mut command = Command::new(bin.join("postgres"));
@@ -263,6 +264,7 @@ fn give_to_postgres(dir: &Path) -> Result<(), String> {
 }
 
 /// `Some((uid, gid))` of the `postgres` OS user when running as root.
+#[expect(unsafe_code, reason = "libc::geteuid, the one way to ask for the effective uid")]
 fn postgres_user() -> Option<(u32, u32)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
