@@ -19,6 +19,14 @@
 #                  (what statement_timeout / lock_timeout do to a stuck write)
 #   sqs-pause      SIGSTOP the shared LocalStack process for 10 s, then SIGCONT (pauses every user of
 #                  the emulator for those 10 s; --no-sqs-pause skips it)
+#   restore        pg_dump at 30 %, drain to 70 %, pg_restore --clean, re-drive the queue's archive
+#                  (export --peek) under its MessageIds, drain on with the same, stale, ledger
+#   key-conflicts  1 % extra pairs sharing an idempotency key with different bodies: one row + one
+#                  key_conflict record per pair
+#   archive        replay an archive's first 60 %, then the whole of it re-exported in another order,
+#                  then again, with SIGKILLs: one row or record per line, nothing twice
+#   marathon       (not in the default set) 4 workers, 50 SIGKILLs, a Postgres and an emulator restart:
+#                  only through scripts/chaos-long.sh, which gives it servers of its own
 # Each scenario gives up after 10 minutes (--scenario-timeout S) and then counts as failed.
 # Every scenario finishes with `run --until-empty`, so "left in queue" is 0 unless that failed.
 # More options (--visibility, --seed, --max-restarts, ...): scripts/chaos.sh --help.
@@ -34,12 +42,12 @@ args=()
 for arg in "$@"; do
   case "$arg" in
     --release) profile=release ;;
-    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; echo; args+=("$arg") ;;
+    -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; echo; args+=("$arg") ;;
     *) args+=("$arg") ;;
   esac
 done
 
-PY=.venv/localstack/bin/python
+PY="${PII_INGEST_VENV:-.venv/localstack}/bin/python"
 if [[ " ${args[*]-} " != *" --help "* && " ${args[*]-} " != *" -h "* ]]; then
   scripts/postgres.sh
   scripts/emulator.sh start >&2
