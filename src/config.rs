@@ -11,8 +11,6 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::mask::{MIN_KEY_BYTES, Masker};
-
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -67,7 +65,7 @@ impl Default for FieldsConfig {
 
 impl FieldsConfig {
     /// `(config key, names)` per field, in [`crate::event::Field::ALL`] order.
-    fn lists(&self) -> [(&'static str, &[String]); 6] {
+    pub fn lists(&self) -> [(&'static str, &[String]); 6] {
         [
             ("fields.user_id", &self.user_id),
             ("fields.app_version", &self.app_version),
@@ -435,7 +433,7 @@ impl Config {
     }
 
     /// Checks ranges and shapes the types alone cannot express. The masking key is checked by
-    /// [`Config::masker`], because only `run` needs it.
+    /// [`crate::startup::masker`], because only `run` needs it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sqs = &self.sqs;
         if sqs.wait_time_seconds > 20 {
@@ -523,52 +521,11 @@ impl Config {
         Ok(())
     }
 
-    /// The validation rules this configuration sets.
-    pub fn rules(&self) -> crate::event::Rules {
-        let lists = self.fields.lists().map(|(_, names)| names);
-        crate::event::Rules {
-            device_types: self.validation.device_types.clone(),
-            fields: crate::event::FieldNames::new(lists),
-            limits: crate::event::Limits {
-                max_body_bytes: self.validation.max_body_bytes,
-                max_fields: self.validation.max_fields,
-                max_depth: self.validation.max_depth,
-            },
-            envelope: self.sqs.envelope,
-        }
-    }
-
-    /// The masker for the configured key: from `masking.key`, else `masking.key_file`. Refuses a
-    /// missing or short key.
-    pub fn masker(&self) -> Result<Masker, ConfigError> {
-        let m = &self.masking;
-        let key = match (&m.key, &m.key_file) {
-            (Some(key), _) => key.clone(),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("masking.key_file", format!("a readable file holding the key ({}: {e})", path.display()))
-                })?;
-                Secret(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-            (None, None) => {
-                return Err(invalid(
-                    "masking.key",
-                    format!(
-                        "a secret of at least {MIN_KEY_BYTES} bytes: set PII_INGEST__MASKING__KEY or masking.key_file"
-                    ),
-                ));
-            }
-        };
-        let key_name = if m.key.is_some() { "masking.key" } else { "masking.key_file" };
-        Masker::new(key.expose().as_bytes(), m.key_id.as_deref())
-            .map_err(|e| ConfigError::Invalid { key: key_name, expected: e.to_string() })
-    }
-
     /// The configuration as TOML with every secret redacted (for `check-config`).
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         // The URL is shown with its password, if any, blanked; the rest of it helps debugging.
-        shown.postgres.url = Secret(redact_url_password(self.postgres.url.expose()));
+        shown.postgres.url = Secret(crate::db::redact_url_password(self.postgres.url.expose()));
         let mut text = toml::to_string_pretty(&RedactedView(&shown)).expect("config serializes to TOML");
         if self.masking.key.is_some() {
             text.push_str("\n# masking.key is set (redacted)\n");
@@ -594,20 +551,6 @@ fn strip_nulls(value: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = value {
         map.retain(|_, v| !v.is_null());
         map.values_mut().for_each(strip_nulls);
-    }
-}
-
-/// `postgres://user:secret@host/db` -> `postgres://user:[redacted]@host/db`.
-pub fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -691,7 +634,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[fields]\nip = [\"ip\", \"ipAddress\"]\n[sqs]\nenvelope = \"none\"\n")?;
             let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
-            let rules = config.rules();
+            let rules = crate::startup::rules(&config);
             assert_eq!(rules.fields.lookup("ipAddress").map(|(f, _)| f), Some(crate::event::Field::Ip));
             assert_eq!(rules.fields.lookup("user_id").map(|(f, _)| f), Some(crate::event::Field::UserId));
             assert_eq!(rules.envelope, crate::event::Envelope::None);
@@ -714,36 +657,16 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("config.toml", "[validation]\nmax_fields = 50\nmax_depth = 8\n")?;
             let config = Config::from_figment(Config::figment(None).unwrap()).unwrap();
-            assert_eq!((config.rules().limits.max_fields, config.rules().limits.max_depth), (50, 8));
-            assert_eq!(config.rules().limits.max_body_bytes, 1024 * 1024);
+            assert_eq!(
+                (crate::startup::rules(&config).limits.max_fields, crate::startup::rules(&config).limits.max_depth),
+                (50, 8)
+            );
+            assert_eq!(crate::startup::rules(&config).limits.max_body_bytes, 1024 * 1024);
             Ok(())
         });
         let mut config = Config::default();
         config.validation.max_depth = 500;
         assert!(config.validate().unwrap_err().to_string().contains("validation.max_depth"));
-    }
-
-    #[test]
-    fn masker_needs_a_long_enough_key() {
-        let mut config = Config::default();
-        assert!(config.masker().unwrap_err().to_string().contains("masking.key"));
-        config.masking.key = Some(Secret("short".into()));
-        assert!(config.masker().unwrap_err().to_string().contains("at least 32"));
-        config.masking.key = Some(Secret("k".repeat(32)));
-        assert!(config.masker().is_ok());
-    }
-
-    #[test]
-    fn the_key_file_is_read_without_its_newline() {
-        Jail::expect_with(|jail| {
-            jail.create_file("key", &format!("{}\n", "z".repeat(40)))?;
-            let mut config = Config::default();
-            config.masking.key_file = Some("key".into());
-            let from_file = config.masker().unwrap();
-            let direct = Masker::new("z".repeat(40).as_bytes(), None).unwrap();
-            assert_eq!(from_file.token("v"), direct.token("v"));
-            Ok(())
-        });
     }
 
     #[test]

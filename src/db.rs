@@ -113,9 +113,37 @@ fn target(url: &str) -> Result<Target, DbError> {
     Target::parse(url).map_err(connect_failed(url))
 }
 
+/// A URL fit for logs and errors: `postgres://user:secret@host/db?password=x` ->
+/// `postgres://user:[redacted]@host/db?password=[redacted]` (libpq takes a password in either place).
+pub fn redact_url_password(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match base.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+        Some((scheme, (userinfo, host))) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some(("password", _)) => "password=[redacted]".to_owned(),
+                _ => p.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
+    }
+    shown
+}
+
 /// Wraps a connection failure with the URL, password redacted.
 fn connect_failed(url: &str) -> impl FnOnce(ConnectError) -> DbError + '_ {
-    move |source| DbError::Connect { url: crate::config::redact_url_password(url), source }
+    move |source| DbError::Connect { url: redact_url_password(url), source }
 }
 
 /// A tokio-postgres client on a new connection to `url`, and the connection task the caller runs.
@@ -138,10 +166,9 @@ pub async fn connect_client(url: &str) -> Result<Client, DbError> {
 /// A diesel connection to `url`.
 pub async fn connect(url: &str) -> Result<AsyncPgConnection, DbError> {
     let (client, connection) = open(&target(url)?).await.map_err(connect_failed(url))?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection).await.map_err(|source| DbError::Connect {
-        url: crate::config::redact_url_password(url),
-        source: ConnectError::Setup(source),
-    })
+    AsyncPgConnection::try_from_client_and_connection(client, connection)
+        .await
+        .map_err(|source| DbError::Connect { url: redact_url_password(url), source: ConnectError::Setup(source) })
 }
 
 /// How the pool opens its connections: through [`open`], like every other connection.
@@ -238,9 +265,9 @@ fn split_database(url: &str) -> Result<(String, String), DbError> {
     let (server, name) = without_query
         .rsplit_once('/')
         .filter(|(server, _)| server.contains("://") && !server.ends_with('/'))
-        .ok_or_else(|| DbError::BadName(crate::config::redact_url_password(url)))?;
+        .ok_or_else(|| DbError::BadName(redact_url_password(url)))?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(DbError::BadName(crate::config::redact_url_password(url)));
+        return Err(DbError::BadName(redact_url_password(url)));
     }
     Ok((format!("{server}/postgres{query}"), name.to_owned()))
 }
@@ -248,6 +275,18 @@ fn split_database(url: &str) -> Result<(String, String), DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password_wherever_it_is() {
+        assert_eq!(redact_url_password("postgres://app:s3cret@db:5432/x"), "postgres://app:[redacted]@db:5432/x");
+        assert_eq!(
+            redact_url_password("postgres://app@db/x?sslmode=require&password=s3cret"),
+            "postgres://app@db/x?sslmode=require&password=[redacted]"
+        );
+        assert_eq!(redact_url_password("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact_url_password("postgres://a:b@c@db/x"), "postgres://a:[redacted]@db/x");
+        assert!(!redact_url_password("postgres://u:pw1@h/d?password=pw2").contains("pw"));
+    }
 
     fn limits() -> SessionLimits {
         SessionLimits {

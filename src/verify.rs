@@ -145,7 +145,7 @@ pub async fn verify(url: &str, options: &Options) -> Result<Report, VerifyError>
 }
 
 async fn connect(url: &str) -> Result<Client, VerifyError> {
-    let failed = |source| VerifyError::Connect { url: crate::config::redact_url_password(url), source };
+    let failed = |source| VerifyError::Connect { url: crate::db::redact_url_password(url), source };
     let (client, connection) = crate::db::tls::Target::parse(url).map_err(failed)?.connect().await.map_err(failed)?;
     tokio::spawn(connection);
     Ok(client)

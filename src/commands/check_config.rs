@@ -7,7 +7,7 @@ use pii_ingest::config::Config;
 
 pub fn run(config: &Config) -> ExitCode {
     print!("{}", config.redacted_toml());
-    match config.masker() {
+    match pii_ingest::startup::masker(config) {
         Ok(masker) => println!("# masking key: ok (key id {})", masker.key_id()),
         Err(error) => println!("# masking key: {error}"),
     }

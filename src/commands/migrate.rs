@@ -17,7 +17,7 @@ pub struct Args {
 pub async fn run(Args { no_create_db }: Args, config: &Config) -> anyhow::Result<ExitCode> {
     let url = config.postgres.url.expose();
     if !no_create_db && db::create_database_if_missing(url).await? {
-        println!("created database {}", pii_ingest::config::redact_url_password(url));
+        println!("created database {}", db::redact_url_password(url));
     }
     let applied = db::migrate(url).await.context("failed to apply migrations")?;
     if applied.is_empty() {

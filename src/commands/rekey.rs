@@ -29,7 +29,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
         (false, Some(path)) => Some(Sealer::from_file(path)?),
         (false, None) => anyhow::bail!("re-sealing needs sealing.public_key_file (or pass --tokens --no-reseal)"),
     };
-    let masker = if args.tokens { Some(config.masker()?) } else { None };
+    let masker = if args.tokens { Some(pii_ingest::startup::masker(config)?) } else { None };
     let done = pii_ingest::rekey::rekey(
         config.postgres.url.expose(),
         &openers,

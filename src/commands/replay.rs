@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use pii_ingest::config::Config;
-use pii_ingest::pipeline::Settings;
 use pii_ingest::source::FileSource;
 use pii_ingest::source::file::Keying;
 use pii_ingest::{progress, startup};
@@ -36,7 +35,7 @@ pub struct Args {
 pub async fn run(args: Args, mut config: Config) -> anyhow::Result<ExitCode> {
     let file = &args.file;
     let keying = Keying {
-        masker: config.masker()?,
+        masker: startup::masker(&config)?,
         attribute: config.sqs.idempotency_key_attribute.clone().unwrap_or_default(),
     };
     let source =
@@ -44,7 +43,7 @@ pub async fn run(args: Args, mut config: Config) -> anyhow::Result<ExitCode> {
     // The bar's length costs a pass over the file: only worth it where a bar is drawn.
     use std::io::IsTerminal;
     let lines = if std::io::stderr().is_terminal() { count_lines(file).unwrap_or(0) } else { 0 };
-    let mut settings = Settings::from_config(&config.pipeline, true);
+    let mut settings = startup::settings(&config.pipeline, true);
     settings.batch_max_rows = args.batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
     settings.receivers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(settings.receivers);

@@ -43,7 +43,8 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
             let masker = match args.no_keys {
                 true => None,
                 false => Some(
-                    config.masker().context("seed --file keys each line with the masking key (or pass --no-keys)")?,
+                    pii_ingest::startup::masker(config)
+                        .context("seed --file keys each line with the masking key (or pass --no-keys)")?,
                 ),
             };
             let attribute = config.sqs.idempotency_key_attribute.as_deref().unwrap_or_default();

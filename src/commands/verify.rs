@@ -58,7 +58,7 @@ pub async fn run(args: Args, config: &Config) -> anyhow::Result<ExitCode> {
 /// The key ids the tables may hold and the keys for re-deriving tokens; `Err` names the setting
 /// or file that stops the checks from running.
 fn options(args: &Args, config: &Config) -> Result<Options, String> {
-    let masker = config.masker();
+    let masker = pii_ingest::startup::masker(config);
     let current_mask = match (&masker, &config.masking.key_id) {
         (Ok(masker), _) => masker.key_id().to_owned(),
         (Err(_), Some(key_id)) => key_id.clone(),

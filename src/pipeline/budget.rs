@@ -21,9 +21,6 @@ use super::judge::Item;
 /// cost less than the hand-over.
 const INLINE_JUDGE_BYTES: usize = 64 * 1024;
 
-/// Most messages one receive returns.
-const MAX_RECEIVE: usize = 10;
-
 /// Judged deliveries from one receive, with the share of the byte budget they still hold.
 pub(super) struct Received {
     pub items: Vec<Item>,
@@ -36,11 +33,11 @@ pub(super) fn budget(bytes: usize) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(bytes.clamp(MAX_BODY_BYTES, Semaphore::MAX_PERMITS)))
 }
 
-/// Waits for room for at least one largest message; returns how many messages to ask for and the
-/// room reserved for them.
-pub(super) async fn reserve(budget: &Arc<Semaphore>) -> (usize, OwnedSemaphorePermit) {
-    let want = (budget.available_permits() / MAX_BODY_BYTES).clamp(1, MAX_RECEIVE);
-    // At most 10 MiB: fits a u32. The semaphore is never closed, so acquiring cannot fail.
+/// Waits for room for at least one largest message; returns how many messages to ask for (at most
+/// `max_receive`, the source's [`Source::MAX_BATCH`]) and the room reserved for them.
+pub(super) async fn reserve(budget: &Arc<Semaphore>, max_receive: usize) -> (usize, OwnedSemaphorePermit) {
+    let want = (budget.available_permits() / MAX_BODY_BYTES).clamp(1, max_receive);
+    // At most MAX_BATCH (10) MiB: fits a u32. The semaphore is never closed, so acquiring cannot fail.
     let permit = budget.clone().acquire_many_owned((want * MAX_BODY_BYTES) as u32).await.expect("never closed");
     (want, permit)
 }
@@ -75,11 +72,11 @@ mod tests {
     #[tokio::test]
     async fn a_receive_asks_for_no_more_messages_than_the_budget_has_room_for() {
         let budget = budget(25 * MAX_BODY_BYTES);
-        let (want, first) = reserve(&budget).await;
+        let (want, first) = reserve(&budget, 10).await;
         assert_eq!((want, first.num_permits()), (10, 10 * MAX_BODY_BYTES));
-        let (want, _second) = reserve(&budget).await;
+        let (want, _second) = reserve(&budget, 10).await;
         assert_eq!(want, 10);
-        let (want, third) = reserve(&budget).await;
+        let (want, third) = reserve(&budget, 10).await;
         assert_eq!((want, third.num_permits()), (5, 5 * MAX_BODY_BYTES));
         assert_eq!(budget.available_permits(), 0);
         drop(first);
@@ -89,10 +86,10 @@ mod tests {
     #[tokio::test]
     async fn a_full_budget_pauses_receives_until_a_batch_releases_its_share() {
         let budget = budget(MAX_BODY_BYTES);
-        let (_, held) = reserve(&budget).await;
+        let (_, held) = reserve(&budget, 10).await;
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { reserve(&budget).await.0 }
+            async move { reserve(&budget, 10).await.0 }
         });
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(!waiting.is_finished(), "a receive waits while the budget is full");

@@ -60,22 +60,6 @@ pub struct Settings {
 /// failover, far shorter than a poison row could hold a batch.
 pub const RETRY_BUDGET: u32 = 8;
 
-impl Settings {
-    pub fn from_config(config: &crate::config::PipelineConfig, until_empty: bool) -> Self {
-        Settings {
-            receivers: config.receivers,
-            batch_max_rows: config.batch_max_rows,
-            writers: config.writers,
-            flush_interval: Duration::from_millis(config.flush_interval_ms),
-            delete_concurrency: config.delete_concurrency,
-            until_empty,
-            delete_rejected: config.delete_rejected,
-            max_inflight_bytes: config.max_inflight_bytes,
-            retry_budget: RETRY_BUDGET,
-        }
-    }
-}
-
 /// Everything a drain needs, wired together.
 pub struct Pipeline<S> {
     pub source: Arc<S>,
@@ -159,7 +143,7 @@ impl<S: Source> Pipeline<S> {
             let (want, reserved) = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = drained.cancelled() => return,
-                reserved = budget::reserve(&budget) => reserved,
+                reserved = budget::reserve(&budget, S::MAX_BATCH) => reserved,
             };
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -238,7 +222,7 @@ impl<S: Source> Pipeline<S> {
             // A file source has nothing to delete: its deliveries carry no receipt handle.
             let handles: Vec<String> = handles.into_iter().filter(|h| !h.is_empty()).collect();
             let mut chunks = tokio::task::JoinSet::new();
-            for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
+            for chunk in handles.chunks(S::MAX_BATCH) {
                 let (source, stats, permits, chunk) = (source.clone(), stats.clone(), permits.clone(), chunk.to_vec());
                 chunks.spawn(async move {
                     // The semaphore is never closed, so acquiring cannot fail.
@@ -268,7 +252,7 @@ impl<S: Source> Pipeline<S> {
                 );
                 return std::future::pending().await;
             };
-            for chunk in handles.chunks(crate::source::sqs::MAX_BATCH) {
+            for chunk in handles.chunks(S::MAX_BATCH) {
                 match self.source.extend(chunk, seconds).await {
                     Ok(extended) => {
                         self.stats.add(Counter::VisibilityExtended, extended);

@@ -1,4 +1,4 @@
-//! The COPY sink: the same contract as [`super::postgres::PgSink`] (claim the keys, write only what
+//! The COPY sink: the same contract as [`super::PgSink`] (claim the keys, write only what
 //! this transaction claimed, one durable transaction), at near-COPY speed. Per batch:
 //! 1. `SET LOCAL synchronous_commit = on`;
 //! 2. claim the keys ([`super::claims`]) with a binary COPY into `message_claims` inside a savepoint.
@@ -23,9 +23,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
-use super::WriteLimits;
 use super::claims::{CLAIM_COLUMNS, ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
-use super::insert::{NewLogin, NewQuarantined, SinkError, Written};
+use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
 const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
      create_date, sent_at, mask_key_id, ip_sealed, device_id_sealed, seal_key_id";

@@ -1,5 +1,6 @@
 //! Where rows go: Postgres, by multi-row INSERT through diesel-async ([`PgSink`]) or by binary COPY
-//! ([`CopySink`]). Both write a batch in one durable transaction that first claims every key in
+//! ([`CopySink`]). The rows, what a write reports and how it fails ([`SinkError`]) are shared here,
+//! so neither sink imports the other. Both write a batch in one durable transaction that first claims every key in
 //! `message_claims` ([`claims`]) and then writes only what it claimed, and report what they wrote and
 //! which keys another body holds; the pipeline cannot tell them apart. The module boundary keeps SQL
 //! out of the pipeline.
@@ -11,11 +12,75 @@
 
 pub mod claims;
 pub mod copy;
+mod error;
 pub mod insert;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::Insertable;
 
 pub use claims::StoredClaim;
 pub use copy::CopySink;
-pub use insert::{Disposition, NewLogin, NewQuarantined, PgSink, SinkError, Written};
+pub use error::{Disposition, SinkError};
+pub use insert::PgSink;
+
+use crate::schema::{quarantined_messages, user_logins};
+
+/// A `user_logins` row, PII already masked.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = user_logins)]
+pub struct NewLogin {
+    pub message_id: String,
+    pub user_id: String,
+    pub device_type: String,
+    pub masked_ip: String,
+    pub masked_device_id: String,
+    pub locale: Option<String>,
+    pub app_version: String,
+    /// UTC date of `sent_at`.
+    pub create_date: NaiveDate,
+    pub sent_at: DateTime<Utc>,
+    pub mask_key_id: String,
+    /// The raw values sealed to the configured public key, when sealing is on.
+    pub ip_sealed: Option<Vec<u8>>,
+    pub device_id_sealed: Option<Vec<u8>>,
+    pub seal_key_id: Option<String>,
+    /// Hex HMAC of the message body under the masking key: claimed with the key (never stored raw).
+    #[diesel(skip_insertion)]
+    pub body_fingerprint: String,
+}
+
+/// A `quarantined_messages` row: why a message was refused, with its body's PII masked.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = quarantined_messages)]
+pub struct NewQuarantined {
+    pub message_id: String,
+    pub reason: String,
+    pub field: Option<String>,
+    pub detail: String,
+    pub masked_body: Option<String>,
+    pub body_hmac: String,
+    pub body_bytes: i32,
+    pub receive_count: i32,
+    pub sent_at: DateTime<Utc>,
+    pub mask_key_id: String,
+    /// The raw body sealed to the sealing public key; `None` without sealing.
+    pub body_sealed: Option<Vec<u8>>,
+    pub seal_key_id: Option<String>,
+}
+
+/// What one transaction did with the keys it was given.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Keys this transaction claimed and wrote a row for.
+    pub logins: HashSet<String>,
+    /// Keys this transaction claimed and wrote a quarantine record for.
+    pub quarantined: HashSet<String>,
+    /// Keys already claimed by another body (a reused producer key): neither written nor duplicates.
+    /// Every other key not written was claimed before by the same body: a duplicate.
+    pub conflicts: HashSet<String>,
+}
 
 /// Most rows the pipeline puts in one transaction (config `pipeline.batch_max_rows` is capped here).
 pub const MAX_ROWS_PER_TRANSACTION: usize = 5000;

@@ -82,17 +82,21 @@ pub enum SourceError {
 
 /// A queue the pipeline can drain.
 pub trait Source: Send + Sync + 'static {
-    /// Up to `max_messages` (1 to 10) deliveries; an empty batch after the long-poll wait means
+    /// Most deliveries one receive returns, and most receipt handles one delete or extend takes.
+    /// SQS's limit (10) is the default: the pipeline sizes its receives and chunks its deletes by it.
+    const MAX_BATCH: usize = 10;
+
+    /// Up to `max_messages` (1 to [`Source::MAX_BATCH`]) deliveries; an empty batch after the long-poll wait means
     /// nothing is visible. The pipeline asks for as many as its byte budget has room for.
     fn receive(&self, max_messages: usize) -> impl Future<Output = Result<Vec<Delivery>, SourceError>> + Send;
 
-    /// Deletes up to 10 deliveries by receipt handle and reports each entry's fate.
+    /// Deletes up to [`Source::MAX_BATCH`] deliveries by receipt handle and reports each entry's fate.
     fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Deleted, SourceError>> + Send;
 
     /// True when the queue holds no visible, in-flight or delayed message.
     fn is_drained(&self) -> impl Future<Output = Result<bool, SourceError>> + Send;
 
-    /// Keeps up to 10 deliveries invisible for another `seconds`, while their batch is still being
+    /// Keeps up to [`Source::MAX_BATCH`] deliveries invisible for another `seconds`, while their batch is still being
     /// worked on. Failures are reported but harmless (the message may be redelivered and skipped).
     /// Returns how many entries the queue confirmed; the others were not extended.
     fn extend(

@@ -138,6 +138,8 @@ impl SqsSource {
 }
 
 impl Source for SqsSource {
+    const MAX_BATCH: usize = MAX_BATCH;
+
     async fn receive(&self, max_messages: usize) -> Result<Vec<Delivery>, SourceError> {
         let mut request = self
             .client
