@@ -46,8 +46,11 @@ emulator start >&2
 export PII_INGEST_CHAOS_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT"
 export PII_INGEST_CHAOS_SQS="http://127.0.0.1:$SQS_PORT"
 export PII_INGEST_CHAOS_EMULATOR_PID_FILE="var/emulator/localstack-$SQS_PORT.pid"
-export PII_INGEST_CHAOS_PG_RESTART="${as_pg[*]} $pg_bin/pg_ctl -D $PGDATA -m immediate -w restart -o '-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1'"
+export PII_INGEST_CHAOS_PG_RESTART="${as_pg[*]} $pg_bin/pg_ctl -D $PGDATA -m immediate -w restart -l $PGDATA/server.log -o '-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1'"
 export PII_INGEST_CHAOS_SQS_RESTART="PII_INGEST_EMULATOR_PORT=$SQS_PORT PII_INGEST_EMULATOR_SERVICES=sqs PII_INGEST_EMULATOR_PERSIST=$PERSIST scripts/emulator.sh restart"
 
-scripts/chaos.sh --release --scenarios marathon --messages 1000000 --scenario-timeout 7200 \
+# PII_INGEST_CHAOS_LONG_DEBUG=1 uses the debug build (a quick rehearsal with --messages 20000).
+release=--release
+[[ -z "${PII_INGEST_CHAOS_LONG_DEBUG:-}" ]] || release=
+scripts/chaos.sh $release --scenarios marathon --messages 1000000 --scenario-timeout 7200 \
   --visibility 30 "$@" | tee "$WORK/result-$(date -u +%Y%m%dT%H%M%SZ).md"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 WORKERS = 4
@@ -52,15 +53,19 @@ def marathon(sc) -> None:
                 workers[i] = sc.start(["run", "--json"], ledger=f"w{i}")
             else:
                 t0 = time.monotonic()
-                out = subprocess.run(restarts[action], shell=True, capture_output=True, text=True, timeout=600)
+                # To files, not pipes: a restarted server inherits them and would hold a pipe open forever.
+                log_path = sc.dir / f"restart-{action}.log"
+                with open(log_path, "w") as log_file:
+                    code = subprocess.run(restarts[action], shell=True, stdout=log_file, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, timeout=600).returncode
                 took = time.monotonic() - t0
-                if out.returncode != 0:
-                    raise RuntimeError(f"{action} restart failed: {out.stderr.strip()[-300:]}")
+                if code != 0:
+                    raise RuntimeError(f"{action} restart failed ({code}): {log_path.read_text()[-300:]}")
                 sc.notes.append(f"{action} restarted at {at}, down for {took:.1f} s")
         if time.monotonic() - progress_at > 30:
             progress_at = time.monotonic()
-            print(f"[marathon] {processed}/{sc.sent} processed, {sc.restarts} SIGKILLs, "
-                  f"{len(own_exits)} own exits, {time.monotonic() - started:.0f} s", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] marathon: {processed}/{sc.sent} processed, {sc.restarts} SIGKILLs, "
+                  f"{len(own_exits)} own exits, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         if not events and _empty(sc):
             break
         time.sleep(0.25)
