@@ -14,7 +14,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::mask::{MIN_KEY_BYTES, Masker};
 use crate::pipeline::{Pipeline, RETRY_BUDGET, Settings};
 use crate::seal::Sealer;
-use crate::sink::{CopySink, PgSink, Sink, WriteLimits, WriteMethod};
+use crate::sink::{CopySink, PgSink, Postgres, WriteLimits, WriteMethod};
 use crate::source::{Source, SourceError, SqsSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +54,9 @@ pub async fn pipeline_over<S: Source>(
     let limits = write_limits(config);
     let sink = match config.postgres.write_method {
         WriteMethod::Insert => {
-            Sink::Insert(PgSink::new(db::pool(&session_url, config.postgres.pool_size)?).with_limits(limits))
+            Postgres::Insert(PgSink::new(db::pool(&session_url, config.postgres.pool_size)?).with_limits(limits))
         }
-        WriteMethod::Copy => Sink::Copy(CopySink::new(&session_url, settings.writers).with_limits(limits)),
+        WriteMethod::Copy => Postgres::Copy(CopySink::new(&session_url, settings.writers).with_limits(limits)),
     };
     let ledger = open_ledger(config).await?;
     ledger.bind(&db::database_id(url).await?)?;

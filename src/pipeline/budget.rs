@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::sink::Sink;
 use crate::source::{Delivery, MAX_BODY_BYTES, Source};
 
 use super::Pipeline;
@@ -42,7 +43,7 @@ pub(super) async fn reserve(budget: &Arc<Semaphore>, max_receive: usize) -> (usi
     (want, permit)
 }
 
-impl<S: Source> Pipeline<S> {
+impl<S: Source, K: Sink> Pipeline<S, K> {
     /// Judges a received batch (off the runtime's threads when it is large) and keeps only the
     /// budget its items still need. A file line longer than 1 MiB is counted up to what was reserved.
     pub(super) async fn judge_batch(

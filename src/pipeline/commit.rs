@@ -8,6 +8,7 @@
 //! the batch is then split the same way, so one row cannot hold a thousand good messages for hours.
 //! A server that does not answer is never blamed on rows: that batch is retried for as long as it takes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counter;
 use crate::event::RejectReason;
-use crate::sink::{Disposition, NewLogin, NewQuarantined, Written};
+use crate::sink::{Disposition, NewLogin, NewQuarantined, Sink, SinkError, Written};
 use crate::source::{Delivery, Source};
 
 use super::judge::Rejected;
@@ -42,6 +43,20 @@ pub(super) struct Entry {
 pub(super) enum Row {
     Login(usize),
     Reject(usize, RejectReason),
+}
+
+/// What a failed write calls for ([`Pipeline::next_step`]). `poisoned`: retryable failures outlasted
+/// the budget while the server answered, so the rows are blamed although the error does not say so.
+enum Step {
+    Split { poisoned: bool },
+    Blame { poisoned: bool },
+    Retry,
+}
+
+/// `range` in two halves, the first to be written first (it is popped last-in, first-out).
+fn halves(range: Range<usize>, suspect: bool) -> [Pending; 2] {
+    let middle = range.start + range.len() / 2;
+    [Pending { range: middle..range.end, suspect }, Pending { range: range.start..middle, suspect }]
 }
 
 /// The second look at a single refused row.
@@ -102,8 +117,11 @@ impl Batch {
         self.entries.push(Entry { delivery, fingerprint, row: Row::Reject(self.rejects.len() - 1, reason) });
     }
 
-    /// Copies of the rows of `entries[range]` (only needed once a batch has to be split).
-    fn rows(&self, range: Range<usize>) -> (Vec<NewLogin>, Vec<NewQuarantined>) {
+    /// The rows of `entries[range]`: borrowed for the whole batch, copied only once it has been split.
+    fn rows(&self, range: Range<usize>) -> (Cow<'_, [NewLogin]>, Cow<'_, [NewQuarantined]>) {
+        if range.len() == self.len() {
+            return (Cow::Borrowed(&self.logins), Cow::Borrowed(&self.rejects));
+        }
         let (mut logins, mut rejects) = (Vec::new(), Vec::new());
         for entry in &self.entries[range] {
             match entry.row {
@@ -111,11 +129,11 @@ impl Batch {
                 Row::Reject(i, _) => rejects.push(self.rejects[i].clone()),
             }
         }
-        (logins, rejects)
+        (Cow::Owned(logins), Cow::Owned(rejects))
     }
 }
 
-impl<S: Source> Pipeline<S> {
+impl<S: Source, K: Sink> Pipeline<S, K> {
     /// Writes the batch. `None` when a stop came while the database was unreachable: then nothing
     /// of it was committed and nothing may be deleted.
     pub(super) async fn commit(&self, batch: &Batch, stop: &CancellationToken) -> Option<Committed> {
@@ -126,14 +144,8 @@ impl<S: Source> Pipeline<S> {
             if range.is_empty() {
                 continue;
             }
-            let split_rows;
-            let (logins, rejects) = if range.len() == batch.len() {
-                (&batch.logins[..], &batch.rejects[..])
-            } else {
-                split_rows = batch.rows(range.clone());
-                (&split_rows.0[..], &split_rows.1[..])
-            };
-            let error = match self.sink.write(logins, rejects).await {
+            let (logins, rejects) = batch.rows(range.clone());
+            let error = match self.sink.write(&logins, &rejects).await {
                 Ok(written) => {
                     failures = 0;
                     committed.absorb(written);
@@ -141,22 +153,14 @@ impl<S: Source> Pipeline<S> {
                 }
                 Err(error) => error,
             };
-            let data_error = error.disposition() == Disposition::DataError;
-            if !data_error {
-                failures += 1;
-                self.stats.add(Counter::RetryWrite, 1);
-            }
-            let poisoned = !data_error && (suspect || failures > self.settings.retry_budget) && self.sink.ping().await;
-            if (data_error || poisoned) && range.len() > 1 {
-                let why = if poisoned { "retryable failures outlasted the budget" } else { "Postgres refused a batch" };
-                tracing::warn!(batch.size = range.len(), error = %error.summary(), disposition = "split", "{why}; splitting it to isolate the row");
-                failures = 0;
-                let middle = range.start + range.len() / 2;
-                pending.push(Pending { range: middle..range.end, suspect: poisoned || suspect });
-                pending.push(Pending { range: range.start..middle, suspect: poisoned || suspect });
-            } else if data_error || poisoned {
-                failures = 0;
-                match self.recheck(logins, rejects, poisoned).await {
+            match self.next_step(&error, range.len(), suspect, &mut failures).await {
+                Step::Split { poisoned } => {
+                    let why =
+                        if poisoned { "retryable failures outlasted the budget" } else { "Postgres refused a batch" };
+                    tracing::warn!(batch.size = range.len(), error = %error.summary(), disposition = "split", "{why}; splitting it to isolate the row");
+                    pending.extend(halves(range, poisoned || suspect));
+                }
+                Step::Blame { poisoned } => match self.recheck(&logins, &rejects, poisoned).await {
                     Recheck::Refused => {
                         let entry = &batch.entries[range.start];
                         let stored = self.refuse(entry, &error.summary()).await;
@@ -165,21 +169,56 @@ impl<S: Source> Pipeline<S> {
                     Recheck::Written(written) => committed.absorb(written),
                     // The server is not answering: the failure was not the row's; retry it.
                     Recheck::Unhealthy => pending.push(Pending { range, suspect: false }),
-                }
-            } else {
-                let delay = backoff(failures);
-                tracing::warn!(batch.size = range.len(), error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
-                pending.push(Pending { range, suspect });
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        tracing::warn!(batch.size = batch.len(), "stopping while Postgres is unavailable; the batch stays in the queue");
+                },
+                Step::Retry => {
+                    let rows = range.len();
+                    pending.push(Pending { range, suspect });
+                    if !self.wait_to_retry(&error, rows, batch.len(), failures, stop).await {
                         return None;
                     }
-                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
         Some(committed)
+    }
+
+    /// What a failed write of `rows` rows calls for. A data error, or retryable failures past the
+    /// budget (at once for a `suspect` range) while the server answers, are blamed on the rows: a
+    /// range is split, a single row rechecked. Anything else is retried; `failures` counts those in
+    /// a row and starts again once rows are blamed.
+    async fn next_step(&self, error: &SinkError, rows: usize, suspect: bool, failures: &mut u32) -> Step {
+        let data_error = error.disposition() == Disposition::DataError;
+        if !data_error {
+            *failures += 1;
+            self.stats.add(Counter::RetryWrite, 1);
+        }
+        let poisoned = !data_error && (suspect || *failures > self.settings.retry_budget) && self.sink.ping().await;
+        if !data_error && !poisoned {
+            return Step::Retry;
+        }
+        *failures = 0;
+        if rows > 1 { Step::Split { poisoned } } else { Step::Blame { poisoned } }
+    }
+
+    /// Backs off before a retry of `rows` rows. `false` when a stop came meanwhile: the batch stays
+    /// in the queue.
+    async fn wait_to_retry(
+        &self,
+        error: &SinkError,
+        rows: usize,
+        batch: usize,
+        failures: u32,
+        stop: &CancellationToken,
+    ) -> bool {
+        let delay = backoff(failures);
+        tracing::warn!(batch.size = rows, error = %crate::telemetry::chain(error), disposition = "retry", delay_ms = delay.as_millis() as u64, "write failed; retrying");
+        tokio::select! {
+            _ = stop.cancelled() => {
+                tracing::warn!(batch.size = batch, "stopping while Postgres is unavailable; the batch stays in the queue");
+                false
+            }
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 
     /// Decides whether a single row that failed is really to blame: the server must answer, and

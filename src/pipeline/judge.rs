@@ -39,7 +39,7 @@ pub(super) struct Item {
     pub verdict: Verdict,
 }
 
-impl<S> Pipeline<S> {
+impl<S, K> Pipeline<S, K> {
     pub(super) fn triage(&self, mut delivery: Delivery) -> Item {
         let fingerprint = self.masker.token_bytes(&delivery.body);
         let verdict = if delivery.flaw.is_none() && self.ledger.contains(&delivery.message_id) {

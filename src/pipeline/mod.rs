@@ -30,7 +30,7 @@ use crate::event::Rules;
 use crate::ledger::Ledger;
 use crate::mask::Masker;
 use crate::seal::Sealer;
-use crate::sink::Sink;
+use crate::sink::{Postgres, Sink};
 use crate::source::Source;
 use budget::Received;
 use commit::Batch;
@@ -60,10 +60,11 @@ pub struct Settings {
 /// failover, far shorter than a poison row could hold a batch.
 pub const RETRY_BUDGET: u32 = 8;
 
-/// Everything a drain needs, wired together.
-pub struct Pipeline<S> {
+/// Everything a drain needs, wired together: a source `S` and a sink `K` ([`Postgres`] but in the
+/// unit tests).
+pub struct Pipeline<S, K = Postgres> {
     pub source: Arc<S>,
-    pub sink: Sink,
+    pub sink: K,
     pub ledger: Arc<Ledger>,
     pub masker: Masker,
     /// Seals raw PII to a public key alongside the tokens, when configured.
@@ -73,7 +74,7 @@ pub struct Pipeline<S> {
     pub stats: Arc<Stats>,
 }
 
-impl<S: Source> Pipeline<S> {
+impl<S: Source, K: Sink> Pipeline<S, K> {
     /// Drains until `stop` is cancelled (or, with `until_empty`, until the source is drained), then
     /// finishes the batch in hand, waits for its deletes, flushes the ledger and reports.
     pub async fn run(self, stop: CancellationToken) -> Report {
@@ -322,7 +323,10 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod unit {
     use super::*;
 
     #[test]

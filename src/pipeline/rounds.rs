@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::counters::Counter;
 use crate::event::RejectReason;
+use crate::sink::Sink;
 use crate::source::Source;
 
 use super::Pipeline;
@@ -46,7 +47,7 @@ struct Acks {
     handles: Vec<String>,
 }
 
-impl<S: Source> Pipeline<S> {
+impl<S: Source, K: Sink> Pipeline<S, K> {
     /// One transaction's worth of items: confirm, dedup, commit, then hand the acknowledgements to a task.
     pub(super) async fn process(
         self: &Arc<Self>,
@@ -57,31 +58,31 @@ impl<S: Source> Pipeline<S> {
     ) {
         let started = Instant::now();
         let size = items.len();
-        let mut pending = self.confirm_known(items).await;
+        let pending = self.confirm_known(items).await;
+        let acks = self.settle_rounds(pending, stop).await;
+        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
+        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
+        self.acknowledge(acks.ids, acks.handles, deletes, permits);
+    }
+
+    /// Commits `pending` round by round (a key repeated with another body waits for the next round)
+    /// and collects what may be acknowledged. Ends early when a stop finds the database unreachable:
+    /// what is left stays in the queue.
+    async fn settle_rounds(&self, mut pending: Vec<Item>, stop: &CancellationToken) -> Acks {
         let mut acks = Acks::default();
         while !pending.is_empty() {
             let (batch, repeats, later) = self.gather(pending, &mut acks);
             pending = later;
             let settled = self.round(&batch, &repeats, stop).await;
-            let mut by_key = HashMap::with_capacity(batch.len());
-            for (entry, (state, id)) in batch.entries.into_iter().zip(settled) {
-                if state == Settled::Done {
-                    acks.ids.push(id);
-                    acks.handles.push(entry.delivery.receipt_handle);
-                }
-                by_key.insert(entry.delivery.message_id, state);
-            }
+            let by_key = acknowledge_done(batch, settled, &mut acks);
             self.settle_repeats(repeats, &by_key, &mut acks);
             if stop.is_cancelled() && by_key.values().any(|s| *s == Settled::Abandoned) {
-                // The database is unreachable and a stop came: what is left stays in the queue.
                 self.stats.add(Counter::Abandoned, pending.len());
                 break;
             }
         }
-        metrics::histogram!("pii_ingest_batch_rows").record(size as f64);
-        metrics::histogram!("pii_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(batch.size = size, duration_ms = started.elapsed().as_millis() as u64, "batch committed");
-        self.acknowledge(acks.ids, acks.handles, deletes, permits);
+        acks
     }
 
     /// Confirms the ledger's hits against `message_claims` in one query. A hit whose key is not
@@ -265,4 +266,17 @@ impl<S: Source> Pipeline<S> {
         }
         settled
     }
+}
+
+/// Adds the deliveries of a round that are done to `acks`; returns how each key's round ended.
+fn acknowledge_done(batch: Batch, settled: Vec<(Settled, String)>, acks: &mut Acks) -> HashMap<String, Settled> {
+    let mut by_key = HashMap::with_capacity(batch.len());
+    for (entry, (state, id)) in batch.entries.into_iter().zip(settled) {
+        if state == Settled::Done {
+            acks.ids.push(id);
+            acks.handles.push(entry.delivery.receipt_handle);
+        }
+        by_key.insert(entry.delivery.message_id, state);
+    }
+    by_key
 }

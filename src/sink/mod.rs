@@ -15,7 +15,8 @@ pub mod copy;
 mod error;
 pub mod insert;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::Insertable;
@@ -111,32 +112,50 @@ pub enum WriteMethod {
     Insert,
 }
 
-/// One of the two sinks.
-pub enum Sink {
+/// Where the pipeline writes: one durable transaction per `write` that claims every key first and
+/// writes only what it claimed. [`Postgres`] in production; an in-memory fake in the pipeline's unit
+/// tests.
+pub trait Sink: Send + Sync + 'static {
+    /// Claims the keys of `logins` and `quarantined`, then writes the rows whose key this call
+    /// claimed, in one transaction: all of it commits, or none.
+    fn write(
+        &self,
+        logins: &[NewLogin],
+        quarantined: &[NewQuarantined],
+    ) -> impl Future<Output = Result<Written, SinkError>> + Send;
+
+    /// What `message_claims` holds for `keys` (one query): how the pipeline confirms ledger hits.
+    fn claims(&self, keys: &[String]) -> impl Future<Output = Result<HashMap<String, StoredClaim>, SinkError>> + Send;
+
+    /// Whether the server answers a trivial query (asked before a failure is blamed on a row).
+    fn ping(&self) -> impl Future<Output = bool> + Send;
+}
+
+/// The configured Postgres sink: either write method, chosen at startup.
+pub enum Postgres {
     Insert(PgSink),
     Copy(CopySink),
 }
 
-impl Sink {
-    pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
+impl Sink for Postgres {
+    async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         match self {
-            Sink::Insert(sink) => sink.write(logins, quarantined).await,
-            Sink::Copy(sink) => sink.write(logins, quarantined).await,
+            Postgres::Insert(sink) => sink.write(logins, quarantined).await,
+            Postgres::Copy(sink) => sink.write(logins, quarantined).await,
         }
     }
 
-    /// What `message_claims` holds for `keys` (one query): how the pipeline confirms ledger hits.
-    pub async fn claims(&self, keys: &[String]) -> Result<std::collections::HashMap<String, StoredClaim>, SinkError> {
+    async fn claims(&self, keys: &[String]) -> Result<HashMap<String, StoredClaim>, SinkError> {
         match self {
-            Sink::Insert(sink) => sink.claims(keys).await,
-            Sink::Copy(sink) => sink.claims(keys).await,
+            Postgres::Insert(sink) => sink.claims(keys).await,
+            Postgres::Copy(sink) => sink.claims(keys).await,
         }
     }
 
-    pub async fn ping(&self) -> bool {
+    async fn ping(&self) -> bool {
         match self {
-            Sink::Insert(sink) => sink.ping().await,
-            Sink::Copy(sink) => sink.ping().await,
+            Postgres::Insert(sink) => sink.ping().await,
+            Postgres::Copy(sink) => sink.ping().await,
         }
     }
 }

@@ -199,7 +199,7 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
 
 #[tokio::test]
 async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones() {
-    use pii_ingest::sink::NewLogin;
+    use pii_ingest::sink::{NewLogin, Sink};
     let db = TestDb::new().await;
     let row = |i: usize| NewLogin {
         message_id: format!("m-{i}"),

@@ -20,7 +20,7 @@ use pii_ingest::ledger::Ledger;
 use pii_ingest::mask::Masker;
 use pii_ingest::pipeline::{Pipeline, Settings};
 use pii_ingest::seed::{self, Outgoing};
-use pii_ingest::sink::{CopySink, PgSink, Sink};
+use pii_ingest::sink::{CopySink, PgSink, Postgres};
 use pii_ingest::source::{Source, SqsSource};
 use pii_ingest::{db, source};
 use tokio_util::sync::CancellationToken;
@@ -66,19 +66,19 @@ impl TestDb {
 
     /// The sink named by `PII_INGEST_TEST_SINK` (`copy`, the default, or `insert`), so the whole
     /// suite can be run against either write method.
-    pub fn sink(&self) -> Sink {
+    pub fn sink(&self) -> Postgres {
         match std::env::var("PII_INGEST_TEST_SINK").as_deref() {
             Ok("insert") => self.insert_sink(),
             _ => self.copy_sink(),
         }
     }
 
-    pub fn insert_sink(&self) -> Sink {
-        Sink::Insert(PgSink::new(db::pool(&self.url, 4).unwrap()))
+    pub fn insert_sink(&self) -> Postgres {
+        Postgres::Insert(PgSink::new(db::pool(&self.url, 4).unwrap()))
     }
 
-    pub fn copy_sink(&self) -> Sink {
-        Sink::Copy(CopySink::new(&self.url, 2))
+    pub fn copy_sink(&self) -> Postgres {
+        Postgres::Copy(CopySink::new(&self.url, 2))
     }
 
     /// One number from a query such as `SELECT count(*) AS n FROM user_logins`.
