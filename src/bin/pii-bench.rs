@@ -537,7 +537,7 @@ fn ingest_env(args: &Args, db_url: &str, queue: &str, work: &std::path::Path, ta
 
 fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
     Command::new(binary)
-        .args(["--config", "/nonexistent/config.toml"])
+        .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k, v)))
