@@ -20,7 +20,7 @@
 //! | [`seal`] | X25519 sealed boxes: seal with the public key, open with the private | key files |
 //! | [`ledger`] | sled skip-cache of committed message ids | its sled directory |
 //! | [`source`] | receive / delete / drained? behind the [`source::Source`] trait; SQS impl | SQS |
-//! | [`sink`] | one durable Postgres transaction per batch: claim the keys, write what was claimed | Postgres |
+//! | [`sink`] | one durable Postgres transaction per batch: claim the keys, write what was claimed (into monthly partitions it makes when missing) | Postgres |
 //! | [`db`] | the one connect helper (TLS per `sslmode`: [`db::tls`]), pool, embedded migrations, database creation | Postgres |
 //! | [`pipeline`] | receive -> skip known -> judge -> write -> record -> delete | all of the above |
 //! | [`server`] | HTTP: `/metrics`, `/healthz`, `/readyz`; polled gauges | SQS, Postgres, ledger |

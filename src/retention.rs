@@ -1,8 +1,8 @@
 //! Keeping personal data no longer than needed: [`apply`] removes `user_logins` rows whose
 //! `create_date` is before a cutoff and quarantine records sent before it, and appends what it
-//! removed to the append-only `retention_audit`, all in one transaction. When `user_logins` is
-//! partitioned, a partition wholly before the cutoff is dropped (no row-by-row delete) and only a
-//! partition straddling the cutoff has rows deleted; unpartitioned, the rows are deleted.
+//! removed to the append-only `retention_audit`, all in one transaction. A monthly partition wholly
+//! before the cutoff is dropped (no row-by-row delete); only the partition straddling the cutoff has
+//! rows deleted. Claims stay, so expired messages are never written again.
 //!
 //! Only dates, counts and partition names are reported: nothing a row holds.
 
@@ -33,13 +33,11 @@ pub struct Removed {
     pub quarantine_deleted: i64,
 }
 
-/// A partition of `user_logins` that holds only dates before the cutoff: its name and its rows.
+/// A partition of `user_logins` that accepts only dates before the cutoff.
 #[derive(diesel::QueryableByName)]
 struct Expired {
     #[diesel(sql_type = Text)]
     name: String,
-    #[diesel(sql_type = BigInt)]
-    rows: i64,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -48,59 +46,45 @@ struct Count {
     n: i64,
 }
 
-/// Partitions whose upper bound is at or before the cutoff (none when the table is not partitioned).
-const EXPIRED_PARTITIONS: &str = "
-    SELECT c.relname::text AS name, 0::bigint AS rows
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'user_logins'::regclass
-      AND pg_get_expr(c.relpartbound, c.oid) LIKE 'FOR VALUES FROM%'
-      AND substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([0-9-]+)''\\)')::date <= $1
-    ORDER BY 1";
+/// Partitions that accept only dates before the cutoff (`user_logins_partitions()`, migration 8).
+const EXPIRED_PARTITIONS: &str = "SELECT name FROM user_logins_partitions() WHERE to_date <= $1 ORDER BY from_date";
+const EXPIRED_ROWS: &str = "user_logins WHERE create_date < $1";
+const EXPIRED_RECORDS: &str = "quarantined_messages WHERE sent_at < $1::timestamp AT TIME ZONE 'UTC'";
 
 /// Removes everything dated before `cutoff` (nothing when `dry_run`, which only counts).
+///
+/// Claims (`message_claims`) are kept: a replay of an old archive or a very late redelivery finds
+/// the claim and writes nothing, instead of bringing expired data back (docs/partitions.md).
 pub async fn apply(url: &str, cutoff: NaiveDate, dry_run: bool) -> Result<Removed, RetentionError> {
     let mut conn = crate::db::connect(url).await?;
     conn.transaction(async |conn| {
-        let mut removed = Removed { cutoff, dry_run, ..Removed::default() };
-        let mut expired: Vec<Expired> =
-            diesel::sql_query(EXPIRED_PARTITIONS).bind::<Date, _>(cutoff).load(conn).await?;
-        for partition in &mut expired {
-            partition.rows = count(conn, &format!("SELECT count(*) AS n FROM \"{}\"", partition.name), cutoff).await?;
-            removed.rows_deleted += partition.rows;
-            if !dry_run {
-                diesel::sql_query(format!("DROP TABLE \"{}\"", partition.name)).execute(conn).await?;
-            }
+        let expired: Vec<Expired> = diesel::sql_query(EXPIRED_PARTITIONS).bind::<Date, _>(cutoff).load(conn).await?;
+        let removed = Removed {
+            cutoff,
+            dry_run,
+            partitions_dropped: expired.into_iter().map(|p| p.name).collect(),
+            rows_deleted: count(conn, EXPIRED_ROWS, cutoff).await?,
+            quarantine_deleted: count(conn, EXPIRED_RECORDS, cutoff).await?,
+        };
+        if dry_run {
+            return Ok(removed);
         }
-        removed.partitions_dropped = expired.into_iter().map(|p| p.name).collect();
-        removed.rows_deleted += delete(conn, "user_logins WHERE create_date < $1", cutoff, dry_run).await?;
-        removed.quarantine_deleted +=
-            delete(conn, "quarantined_messages WHERE sent_at < $1::timestamp AT TIME ZONE 'UTC'", cutoff, dry_run)
-                .await?;
-        if !dry_run {
-            audit(conn, &removed).await?;
+        // Whole months go without a row-by-row delete; only the month straddling the cutoff is
+        // left for the DELETE, which partition pruning confines to it.
+        for name in &removed.partitions_dropped {
+            diesel::sql_query(format!("DROP TABLE \"{name}\"")).execute(conn).await?;
         }
+        diesel::sql_query(format!("DELETE FROM {EXPIRED_ROWS}")).bind::<Date, _>(cutoff).execute(conn).await?;
+        diesel::sql_query(format!("DELETE FROM {EXPIRED_RECORDS}")).bind::<Date, _>(cutoff).execute(conn).await?;
+        audit(conn, &removed).await?;
         Ok(removed)
     })
     .await
 }
 
-/// Deletes (or, dry, counts) `FROM <what>`, `$1` being the cutoff.
-async fn delete(
-    conn: &mut AsyncPgConnection,
-    what: &str,
-    cutoff: NaiveDate,
-    dry_run: bool,
-) -> Result<i64, RetentionError> {
-    if dry_run {
-        return count(conn, &format!("SELECT count(*) AS n FROM {what}"), cutoff).await;
-    }
-    let n = diesel::sql_query(format!("DELETE FROM {what}")).bind::<Date, _>(cutoff).execute(conn).await?;
-    Ok(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-async fn count(conn: &mut AsyncPgConnection, sql: &str, cutoff: NaiveDate) -> Result<i64, RetentionError> {
-    // `$1` may be unused by `sql`; binding it anyway keeps one code path, so it is referenced.
-    let sql = format!("SELECT n FROM ({sql}) c, (SELECT $1::date AS cutoff) k");
+/// `SELECT count(*) FROM <what>`, `$1` being the cutoff.
+async fn count(conn: &mut AsyncPgConnection, what: &str, cutoff: NaiveDate) -> Result<i64, RetentionError> {
+    let sql = format!("SELECT count(*) AS n FROM {what}");
     let rows: Vec<Count> = diesel::sql_query(sql).bind::<Date, _>(cutoff).load(conn).await?;
     Ok(rows.into_iter().next().map_or(0, |c| c.n))
 }

@@ -50,6 +50,8 @@ pub async fn pipeline_over<S: Source>(
     let sealer = config.sealing.public_key_file.as_deref().map(Sealer::from_file).transpose()?;
     let url = config.postgres.url.expose();
     db::check_migrated(url).await?;
+    // The write path creates any month it meets; making the coming months now keeps that rare.
+    crate::sink::partitions::ensure_ahead(url, chrono::Utc::now().date_naive()).await?;
     let session_url = session_url(config);
     let limits = write_limits(config);
     let sink = match config.postgres.write_method {

@@ -49,9 +49,11 @@ pub async fn run(Args { until_empty, json }: Args, config: Config) -> anyhow::Re
         .retention
         .days
         .map(|days| pii_ingest::retention::spawn_daily(config.postgres.url.expose().to_owned(), days));
+    let partitions = pii_ingest::sink::partitions::spawn_daily(config.postgres.url.expose().to_owned());
     let outcome = super::drain::drain(pipeline, json, bar).await;
     if let Some(task) = retention {
         task.abort();
     }
+    partitions.abort();
     outcome
 }

@@ -1,6 +1,7 @@
 //! The COPY sink: the same contract as [`super::PgSink`] (claim the keys, write only what
 //! this transaction claimed, one durable transaction), at near-COPY speed. Per batch:
-//! 1. `SET LOCAL synchronous_commit = on`;
+//! 1. `SET LOCAL synchronous_commit = on`, and the partitions of months this process has not
+//!    written yet ([`super::partitions`]), in one round trip;
 //! 2. claim the keys ([`super::claims`]) with a binary COPY into `message_claims` inside a savepoint.
 //!    Most batches hold only new keys (the ledger filtered redeliveries out), and this is all it takes;
 //!    if the primary key refuses one (a redelivery the ledger missed, another worker's message), the
@@ -24,6 +25,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::claims::{CLAIM_COLUMNS, ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
+use super::partitions::Months;
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
 const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
@@ -114,6 +116,8 @@ pub struct CopySink {
     /// One connection per concurrent writer; a writer takes a free one.
     clients: Vec<Mutex<Option<Connection>>>,
     limits: WriteLimits,
+    /// Months whose `user_logins` partition a committed write has seen.
+    months: Months,
 }
 
 impl CopySink {
@@ -123,6 +127,7 @@ impl CopySink {
             url: url.to_owned(),
             clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             limits: WriteLimits::default(),
+            months: Months::default(),
         }
     }
 
@@ -138,11 +143,16 @@ impl CopySink {
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut slot = self.connection().await?;
         let connection = slot.as_mut().expect("connection() connects");
-        let write = write_batch(&mut connection.client, logins, quarantined);
+        let months = self.months.unseen(&logins.iter().collect::<Vec<_>>());
+        let write = write_batch(&mut connection.client, &months, logins, quarantined);
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Copy),
             Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
         };
+        match &result {
+            Ok(_) => self.months.remember(&months),
+            Err(_) => self.months.forget(),
+        }
         if result.as_ref().is_err_and(SinkError::drops_connection) || connection.client.is_closed() {
             *slot = None;
         }
@@ -209,12 +219,21 @@ impl CopySink {
 
 async fn write_batch(
     client: &mut Client,
+    months: &[chrono::NaiveDate],
     logins: &[NewLogin],
     quarantined: &[NewQuarantined],
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     // A role or database default of `off` would let a commit be lost after its messages were deleted.
-    tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
+    // Partitions come before any claim: creating one waits for other writers' transactions, which
+    // must not be waiting for a claim this one holds.
+    let mut prelude = String::from("SET LOCAL synchronous_commit = on");
+    if !months.is_empty() {
+        // Dates print as digits and dashes only: nothing to escape.
+        let list: Vec<String> = months.iter().map(ToString::to_string).collect();
+        prelude.push_str(&format!("; SELECT user_logins_ensure_partitions('{{{}}}'::date[])", list.join(",")));
+    }
+    tx.batch_execute(&prelude).await?;
     let (mut claimed, conflicts) = claim(&tx, &ClaimRows::of(logins, quarantined)).await?;
     let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
     let quarantined = keep_claimed(quarantined, |q| &q.message_id, &mut claimed);

@@ -10,6 +10,7 @@ use diesel::sql_types::{Array, Date, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::claims::{ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
+use super::partitions::Months;
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 use crate::db::PgPool;
 use crate::schema::{quarantined_messages, user_logins};
@@ -24,11 +25,13 @@ const QUARANTINE_COLUMNS: usize = 12;
 pub struct PgSink {
     pool: PgPool,
     limits: WriteLimits,
+    /// Months whose `user_logins` partition a committed write has seen (shared by clones).
+    months: std::sync::Arc<Months>,
 }
 
 impl PgSink {
     pub fn new(pool: PgPool) -> Self {
-        PgSink { pool, limits: WriteLimits::default() }
+        PgSink { pool, limits: WriteLimits::default(), months: Default::default() }
     }
 
     /// The same sink with other client-side limits.
@@ -41,11 +44,16 @@ impl PgSink {
     /// A connection that times out or finds the database read-only is dropped, not returned to the pool.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut conn = self.connection().await?;
-        let write = conn.transaction(async |conn| insert_all(conn, logins, quarantined).await);
+        let months = self.months.unseen(&logins.iter().collect::<Vec<_>>());
+        let write = conn.transaction(async |conn| insert_all(conn, &months, logins, quarantined).await);
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Query),
             Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
         };
+        match &result {
+            Ok(_) => self.months.remember(&months),
+            Err(_) => self.months.forget(),
+        }
         if result.as_ref().is_err_and(SinkError::drops_connection) {
             drop(diesel_async::pooled_connection::deadpool::Object::take(conn));
         }
@@ -139,11 +147,17 @@ async fn claim(
 
 async fn insert_all(
     conn: &mut AsyncPgConnection,
+    months: &[chrono::NaiveDate],
     logins: &[NewLogin],
     quarantined: &[NewQuarantined],
 ) -> Result<Written, DieselError> {
     // A role or database default of `off` would let a commit be lost after its messages were deleted.
     diesel::sql_query("SET LOCAL synchronous_commit = on").execute(conn).await?;
+    // Partitions come before any claim: creating one waits for other writers' transactions, which
+    // must not be waiting for a claim this one holds.
+    if !months.is_empty() {
+        super::partitions::ensure(conn, months).await?;
+    }
     let (mut claimed, conflicts) = claim(conn, &ClaimRows::of(logins, quarantined)).await?;
     let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
     let quarantined = keep_claimed(quarantined, |q| &q.message_id, &mut claimed);

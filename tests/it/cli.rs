@@ -199,6 +199,7 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
          retention_audit, __diesel_schema_migrations CASCADE",
     )
     .await;
+    db.execute("DROP FUNCTION user_logins_ensure_partitions, user_logins_partitions").await;
     ok(pii_ingest(&env, &["migrate"]));
     ok(pii_ingest(&env, &["seed", "--file", sample]));
     let again = ok(pii_ingest(&env, &["run", "--until-empty"]));

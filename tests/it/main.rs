@@ -11,6 +11,7 @@ mod exactly_once;
 mod fates;
 mod masking;
 mod migrations;
+mod partitions;
 mod pii_corpus;
 mod quarantine;
 mod retention;

@@ -61,7 +61,7 @@ async fn revert_all(url: &str) -> Vec<String> {
 async fn reverting_every_migration_leaves_nothing_behind_and_they_apply_again() {
     let db = TestDb::new().await;
     let migrated = text(&db, SCHEMA_OBJECTS).await;
-    assert!(migrated.contains("relation user_logins (r)") && migrated.contains("relation user_logins_masked (v)"));
+    assert!(migrated.contains("relation user_logins (p)") && migrated.contains("relation user_logins_masked (v)"));
     assert!(!text(&db, ROLE_DEPENDENCIES).await.is_empty(), "the migrations grant the roles privileges here");
 
     let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).unwrap().len();

@@ -8,6 +8,7 @@ use crate::support::binary::{ok, run as pii_ingest};
 /// One login row dated `days_ago` days before today, and one quarantine record sent then.
 async fn row_and_record(db: &TestDb, days_ago: u32) {
     let token = "a".repeat(64);
+    db.execute(&format!("SELECT user_logins_ensure_partitions(ARRAY[current_date - {days_ago}])")).await;
     db.execute(&format!(
         "INSERT INTO user_logins (message_id, user_id, device_type, masked_ip, masked_device_id, app_version, \
          create_date, sent_at, mask_key_id) \
