@@ -15,6 +15,7 @@
 //! | [`event`] | the login event: unwrap envelopes, parse within caps, validate, reason codes for rejects | nothing (pure) |
 //! | [`mask`] | keyed HMAC-SHA256 tokens; default-deny masked bodies for quarantine | nothing (pure) |
 //! | [`reveal`] | audited reveal of sealed PII | Postgres |
+//! | [`erasure`] | delete one person's or device's rows and records on request, audited; claims kept | Postgres |
 //! | [`retention`] | remove rows and quarantine records past `retention.days`, audited | Postgres |
 //! | [`rekey`] | re-seal rows and re-derive tokens under new keys, resumable | Postgres |
 //! | [`seal`] | X25519 sealed boxes: seal with the public key, open with the private | key files |
@@ -41,6 +42,7 @@
 pub mod config;
 pub mod counters;
 pub mod db;
+pub mod erasure;
 pub mod event;
 pub mod export;
 pub mod ledger;

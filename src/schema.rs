@@ -8,6 +8,8 @@ diesel::table! {
         reason -> Text,
         selector -> Text,
         rows_erased -> Int8,
+        quarantine_erased -> Int8,
+        mask_key_id -> Nullable<Text>,
     }
 }
 

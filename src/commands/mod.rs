@@ -12,6 +12,7 @@ use pii_ingest::config::{Config, LogFormat};
 mod check_config;
 mod completions;
 mod drain;
+mod erase;
 mod export;
 mod health;
 mod keygen;
@@ -53,6 +54,10 @@ pub enum Command {
     /// Remove rows and quarantine records older than retention.days (--older-than-days N), print
     /// what was removed and record it in retention_audit; --dry-run only counts.
     Retention(retention::Args),
+    /// Delete the rows of one user (--user-id), device (--masked-device-id) or ip (--masked-ip) and the
+    /// quarantine records holding it, for --reason, recorded in erasure_audit; the messages stay claimed
+    /// so no redelivery or replay brings them back; --dry-run only counts.
+    Erase(erase::Args),
     /// Write a queue (a dead-letter queue, typically) to an envelope JSONL file for `replay` or
     /// `seed --file`; deletes each message once its line is on disk, or leaves them with --peek.
     Export(export::Args),
@@ -96,6 +101,7 @@ impl Command {
             Command::Seed(args) => seed::run(args, &config).await,
             Command::Replay(args) => replay::run(args, config).await,
             Command::Retention(args) => retention::run(args, &config).await,
+            Command::Erase(args) => erase::run(args, &config).await,
             Command::Export(args) => export::run(args, &config).await,
             Command::Stats(args) => stats::run(args, &config).await,
             Command::Keygen(args) => keygen::run(args),

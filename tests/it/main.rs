@@ -7,6 +7,7 @@ mod bounded;
 mod chaos;
 mod cli;
 mod deploy;
+mod erasure;
 mod exactly_once;
 mod fates;
 mod masking;
