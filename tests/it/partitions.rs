@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use pii_ingest::ledger::Ledger;
-use pii_ingest::sink::{CopySink, NewLogin, PgSink, Sink};
+use pii_ingest::sink::{CopySink, NewLogin, PgSink, Postgres, Sink};
 use pii_ingest::source::FileSource;
 
 use crate::support::binary::{ok, run as pii_ingest};
@@ -54,7 +54,7 @@ fn six_months() -> Vec<String> {
     lines
 }
 
-async fn replay(db: &TestDb, path: &Path, sink: Sink) -> pii_ingest::counters::Report {
+async fn replay(db: &TestDb, path: &Path, sink: Postgres) -> pii_ingest::counters::Report {
     let mut p = pipeline(
         FileSource::open(path, None, support::keying()).unwrap(),
         db,
@@ -170,8 +170,8 @@ async fn a_login_with_only_the_ingester_role_writes_into_a_month_without_a_parti
     db.execute(&format!("CREATE ROLE {login_name} LOGIN IN ROLE pii_ingester")).await;
     let url = db.url.replace("postgres@", &format!("{login_name}@"));
     let day = chrono::NaiveDate::from_ymd_opt(2019, 1, 5).unwrap();
-    let copy = Sink::Copy(CopySink::new(&url, 1));
-    let insert = Sink::Insert(PgSink::new(pii_ingest::db::pool(&url, 1).unwrap()));
+    let copy = Postgres::Copy(CopySink::new(&url, 1));
+    let insert = Postgres::Insert(PgSink::new(pii_ingest::db::pool(&url, 1).unwrap()));
     let copied = copy.write(&[login(1, day)], &[]).await;
     let inserted = insert.write(&[login(2, day + chrono::Days::new(40))], &[]).await;
     drop((copy, insert));
