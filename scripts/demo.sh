@@ -45,5 +45,5 @@ fi
 cat <<'MSG'
 
 Run scripts/demo.sh again: the sample is sent again as 100 new SQS messages, but each carries the
-same idempotency key (file hash + line), so the drain reports 100 duplicates and writes nothing new.
+same idempotency key (an HMAC of the line and its occurrence number), so the drain reports 100 duplicates and writes nothing new.
 MSG
