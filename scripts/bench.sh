@@ -18,5 +18,5 @@ set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 scripts/postgres.sh
 scripts/emulator.sh start
-cargo build --release --locked --bins
+scripts/build-bench.sh
 exec target/release/pii-bench "$@"

@@ -48,8 +48,8 @@ BIN="$BIN_DIR/pii-ingest"
 
 scripts/postgres.sh
 scripts/emulator.sh start >/dev/null
-[[ "$BUILD" == 0 ]] || cargo build --release --bins --quiet
-[[ -x "$BIN" ]] || { echo "scale: $BIN is missing (build with cargo build --release --bins)" >&2; exit 2; }
+[[ "$BUILD" == 0 ]] || scripts/build-bench.sh --quiet
+[[ -x "$BIN" ]] || { echo "scale: $BIN is missing (build with scripts/build-bench.sh)" >&2; exit 2; }
 
 WORK="$(mktemp -d -t pii-scale.XXXXXX)"
 PIDS=()

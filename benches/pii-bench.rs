@@ -28,6 +28,9 @@ use pii_ingest::{db, seed, source};
 
 #[derive(Parser)]
 struct Args {
+    /// Passed by `cargo bench`, which runs every bench target with it; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
     /// Messages per SQS measurement.
     #[arg(long, default_value_t = 100_000)]
     messages: usize,
@@ -537,6 +540,7 @@ fn ingest_env(args: &Args, db_url: &str, queue: &str, work: &std::path::Path, ta
 
 fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
     Command::new(binary)
+        // An empty file: no config.toml of the working directory leaks in (a named file must exist).
         .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
@@ -582,12 +586,18 @@ fn wait_with_peak_rss(mut child: Child) -> anyhow::Result<Usage> {
     }
 }
 
+/// The `pii-ingest` beside this executable (where scripts/build-bench.sh puts both, and where
+/// scripts/scale.sh copies them), else the one cargo built with this bench.
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
-    if !path.exists() {
-        bail!("{} not found: build it with `cargo build --release --bins`", path.display());
+    if path.exists() {
+        return Ok(path);
     }
-    Ok(path)
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_pii-ingest"));
+    if !built.exists() {
+        bail!("{} not found: build it with scripts/build-bench.sh", path.display());
+    }
+    Ok(built)
 }
 
 fn print_table(rows: &[Row]) {
