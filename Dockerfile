@@ -14,6 +14,9 @@
 # ---------------------------------------------------------------- builder
 FROM rust:1.95-bookworm AS builder
 WORKDIR /build
+# Parallel compile jobs: cargo's default is one per core; `--build-arg CARGO_BUILD_JOBS=2` keeps a
+# build on a shared machine to two (scripts/compose-check.sh does). Cargo reads the variable itself.
+ARG CARGO_BUILD_JOBS=default
 
 # Dependencies first: this layer is rebuilt only when Cargo.toml or Cargo.lock change. Stubs for every
 # target Cargo.toml names explicitly (the lib, the main binary, the two benches: cargo refuses a

@@ -94,15 +94,6 @@ fn compose_file_is_valid_and_has_a_monitoring_profile() {
     // The merge key kept the shared environment.
     assert!(str_at(&compose, &["services", "ingester", "environment", "PII_INGEST__POSTGRES__URL"]).is_some());
 
-    // The masking key is a compose secret (a file), never an environment variable.
-    let ingester_env = keys(&compose["services"]["ingester"]["environment"]);
-    assert!(!ingester_env.iter().any(|k| k == "PII_INGEST__MASKING__KEY"), "{ingester_env:?}");
-    let key_file = str_at(&compose, &["services", "ingester", "environment", "PII_INGEST__MASKING__KEY_FILE"]);
-    assert_eq!(key_file, Some("/run/secrets/masking_key"));
-    let secrets = compose["services"]["ingester"]["secrets"].as_sequence().expect("the ingester lists its secrets");
-    assert_eq!(secrets.iter().filter_map(Value::as_str).collect::<Vec<_>>(), ["masking_key"]);
-    assert!(str_at(&compose, &["secrets", "masking_key", "file"]).is_some(), "masking_key is a file secret");
-
     // Every long-running service has a health check; the ingester's is a subcommand the binary has.
     for service in ["postgres", "localstack", "ingester"] {
         assert!(services.get(service).and_then(|s| s.get("healthcheck")).is_some(), "{service} has no healthcheck");
@@ -122,6 +113,67 @@ fn compose_file_is_valid_and_has_a_monitoring_profile() {
                 assert!(repo(source).exists(), "{service} mounts {source}, which does not exist");
             }
         }
+    }
+}
+
+#[test]
+fn every_compose_service_that_masks_reads_the_key_from_a_secret_file() {
+    // `run` masks rows and `seed --file` keys each line with an HMAC under the masking key: both stop
+    // at start without it. The seed service once lacked it, so `docker compose up` stopped at the seed.
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("docker-compose.yml has services");
+    let mut masking = BTreeSet::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let command: Vec<&str> = match service.get("command") {
+            Some(Value::Sequence(list)) => list.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        let seeds_with_keys = command[0] == "seed" && command.contains(&"--file") && !command.contains(&"--no-keys");
+        if !(matches!(command[0], "run" | "replay") || seeds_with_keys) {
+            continue;
+        }
+        masking.insert(name);
+        // A compose secret (a file), never an environment variable (visible in `docker inspect`).
+        let env = keys(&service["environment"]);
+        assert!(!env.iter().any(|k| k == "PII_INGEST__MASKING__KEY"), "{name}: {env:?}");
+        let key_file = str_at(service, &["environment", "PII_INGEST__MASKING__KEY_FILE"]);
+        assert_eq!(key_file, Some("/run/secrets/masking_key"), "{name}: PII_INGEST__MASKING__KEY_FILE");
+        let secrets = service.get("secrets").and_then(Value::as_sequence);
+        let secrets: Vec<&str> = secrets.into_iter().flatten().filter_map(Value::as_str).collect();
+        assert_eq!(secrets, ["masking_key"], "{name}: secrets");
+        // The merge key kept the shared environment next to the key file.
+        assert!(str_at(service, &["environment", "PII_INGEST__POSTGRES__URL"]).is_some(), "{name}: environment");
+    }
+    assert_eq!(masking, BTreeSet::from(["ingester", "seed"]), "the services that mask");
+    assert!(str_at(&compose, &["secrets", "masking_key", "file"]).is_some(), "masking_key is a file secret");
+}
+
+#[test]
+fn the_dockerfile_stubs_and_copies_every_target_cargo_toml_declares() {
+    // cargo refuses a manifest whose declared target file is missing: the dependency stage, which
+    // holds only Cargo.toml and Cargo.lock, must stub each one (the first image build once failed on
+    // the missing benches/masking.rs), and the crate stage must copy the real one.
+    let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml parses");
+    let mut declared = vec!["src/main.rs".to_owned(), "src/lib.rs".to_owned()];
+    for (kind, folder) in [("bin", "src/bin"), ("bench", "benches"), ("example", "examples"), ("test", "tests")] {
+        for target in manifest.get(kind).and_then(toml::Value::as_array).into_iter().flatten() {
+            let name = target["name"].as_str().expect("a declared target has a name");
+            let path = target.get("path").and_then(toml::Value::as_str);
+            declared.push(path.map_or_else(|| format!("{folder}/{name}.rs"), str::to_owned));
+        }
+    }
+    assert!(declared.iter().any(|p| p == "benches/masking.rs"), "{declared:?}");
+
+    let dockerfile = read("Dockerfile");
+    let stage_start = dockerfile.find("COPY Cargo.toml Cargo.lock").expect("the dependency stage copies the manifest");
+    let crate_start = dockerfile.find("COPY src ").expect("the crate stage copies src/");
+    assert!(stage_start < crate_start, "the dependency stage comes first");
+    let (stubs, crate_stage) = (&dockerfile[stage_start..crate_start], &dockerfile[crate_start..]);
+    for path in &declared {
+        assert!(stubs.contains(&format!("> {path}")) || stubs.contains(&format!("touch {path}")), "no stub for {path}");
+        let folder = path.split('/').next().unwrap();
+        assert!(crate_stage.contains(&format!("COPY {folder} ./{folder}")), "the crate stage does not copy {folder}/");
     }
 }
 
