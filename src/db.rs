@@ -238,8 +238,24 @@ pub async fn database_id(url: &str) -> Result<String, DbError> {
 /// Creates the database named in `url` if it does not exist, connecting to the server's `postgres`
 /// database. Returns whether it was created.
 pub async fn create_database_if_missing(url: &str) -> Result<bool, DbError> {
+    #[derive(diesel::QueryableByName)]
+    struct Present {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        present: bool,
+    }
     let (admin_url, name) = split_database(url)?;
     let mut conn = connect(&admin_url).await?;
+    // Looked up first: compose's `migrate` runs on every `up`, and a failed CREATE would put an ERROR
+    // line in the server's log each time.
+    let found: Present = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS present")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .await
+        .map_err(|source| DbError::Query { what: "look up the database in pg_database", source })?;
+    if found.present {
+        return Ok(false);
+    }
+    // Another process may create it between the two statements.
     match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await {
         Ok(_) => Ok(true),
         Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),

@@ -79,3 +79,19 @@ async fn reverting_every_migration_leaves_nothing_behind_and_they_apply_again() 
     assert_eq!(text(&db, SCHEMA_OBJECTS).await, migrated, "up again gives the same schema");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn an_existing_database_is_found_without_the_createdb_privilege() {
+    // A managed database's application role usually may not CREATE DATABASE: `migrate` once tried it
+    // anyway and failed with "permission denied" on a database that was already there (and the server
+    // logged a failed CREATE on every `docker compose up`).
+    let db = TestDb::new().await;
+    let role = format!("pii_it_nocreatedb_{}", uuid::Uuid::new_v4().simple());
+    let url = db.url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(url, db.url, "the test server's URL connects as postgres@");
+    TestDb::execute(&db, &format!("CREATE ROLE {role} LOGIN NOCREATEDB")).await; // not RunQueryDsl::execute
+    let found = db::create_database_if_missing(&url).await;
+    TestDb::execute(&db, &format!("DROP ROLE {role}")).await;
+    db.drop().await;
+    assert!(matches!(found, Ok(false)), "{found:?}");
+}
