@@ -39,9 +39,10 @@ fi
 
 # Databases of earlier runs whose tests failed before cleaning up after themselves: only those older
 # than two hours, so a second suite running beside this one (another checkout) keeps its databases.
+# Not the migrated templates test databases are copied from (pii_it_template_<hash of migrations/>).
 if command -v psql >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
-    "SELECT datname FROM pg_database WHERE datname LIKE 'pii_it_%'
+    "SELECT datname FROM pg_database WHERE datname LIKE 'pii_it_%' AND NOT datistemplate
        AND (pg_stat_file('base/' || oid || '/PG_VERSION')).modification < now() - interval '2 hours'" 2>/dev/null |
     while read -r name; do
       psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true

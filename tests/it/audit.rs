@@ -8,9 +8,9 @@ use std::path::Path;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::support::binary::{ok, run as pii_ingest, with};
-use crate::support::{TestDb, TestQueue, binary_env, server_url};
+use crate::support::{TestDb, TestEnv, binary_env, server_url};
 
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+const SAMPLE: &str = crate::support::SAMPLE;
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const AUDIT_TABLES: [&str; 4] = ["reveal_audit", "rekey_audit", "erasure_audit", "retention_audit"];
 
@@ -77,12 +77,11 @@ async fn no_role_can_delete_update_or_truncate_an_audit_record_and_the_owner_is_
         assert!(error.contains(&format!("reveal_audit is append-only: {op} refused")), "{role:?}: {error}");
     }
     assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit WHERE reason = 'r'").await, 1);
-    db.drop().await;
 }
 
 #[tokio::test]
 async fn reveal_runs_as_pii_revealer_records_the_login_and_is_refused_to_a_login_outside_that_role() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (public, private) = keygen(&dir.path().join("keys"));
     let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
@@ -105,15 +104,15 @@ async fn reveal_runs_as_pii_revealer_records_the_login_and_is_refused_to_a_login
     assert!(stderr.contains("must be a member of pii_revealer"), "{stderr}");
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("199.172.111.135"));
     assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 1);
-    db.drop().await;
+    // Before its roles: a role is not dropped while a database still grants it anything.
+    drop(db);
     drop_role(&revealer).await;
     drop_role(&outsider).await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn rekey_skips_and_reports_rows_it_cannot_open_audits_itself_and_counts_rows_per_seal_key() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (old_public, old_private) = keygen(&dir.path().join("old"));
     let (lost_public, _) = keygen(&dir.path().join("lost"));
@@ -161,6 +160,4 @@ async fn rekey_skips_and_reports_rows_it_cannot_open_audits_itself_and_counts_ro
         db.count("SELECT count(*) AS n FROM rekey_audit WHERE jsonb_typeof(rows_per_seal_key) = 'object'").await,
         1
     );
-    db.drop().await;
-    queue.delete().await;
 }

@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::support::binary::{self, free_port, serve, with};
 use crate::support::proxy::Proxy;
-use crate::support::{TestDb, TestQueue, binary_env, logins, server_url};
+use crate::support::{TestDb, TestEnv, TestQueue, binary_env, logins, server_url};
 
 /// `GET addr/path` off the runtime's threads (the proxy under test runs on them).
 async fn http(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -85,7 +85,7 @@ const LONG: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_connection_blackholed_for_20_s_stalls_readiness_then_the_drain_finishes() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(10).await);
+    let TestEnv { db, queue } = TestEnv::new(10).await;
     let proxy = Proxy::start(postgres_addr(&db.url).await).await;
     let dir = tempfile::tempdir().unwrap();
     let env = short_limits(&binary_env(&db, &queue, dir.path()));
@@ -116,14 +116,12 @@ async fn a_postgres_connection_blackholed_for_20_s_stalls_readiness_then_the_dra
     assert_eq!(db.rows().await, 100);
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 0);
     drop(proxy);
-    db.drop().await;
-    queue.delete().await;
 }
 
 /// A failover seen from the ingester: the database turns read-only and its sessions are cut; the
 /// sessions it opens meanwhile are read-only for their whole life, so only dropping them recovers.
 async fn read_only_then_writable_again(write_method: &str) {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(10).await);
+    let TestEnv { db, queue } = TestEnv::new(10).await;
     let name = db.url.rsplit('/').next().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let env = short_limits(&binary_env(&db, &queue, dir.path()));
@@ -149,8 +147,6 @@ async fn read_only_then_writable_again(write_method: &str) {
     wait_http(&addr, "/readyz", LONG, |s, _| s == 200).await;
     assert!(child.stop().success(), "SIGTERM exits 0");
     assert_eq!(db.rows().await, 60);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -184,9 +180,6 @@ async fn a_fifo_queue_is_refused_with_one_line_naming_it() {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains(&name) && errors[0].contains("FIFO"), "{stderr}");
-    fifo.delete().await;
-    client.delete().await;
-    db.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +187,7 @@ async fn one_mib_bodies_drain_under_a_two_mib_budget_and_each_meets_its_fate() {
     use std::sync::Arc;
 
     use crate::support::{drain, pipeline, settings};
-    let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+    let TestEnv { db, queue } = TestEnv::new(30).await;
     let padding = "x".repeat(1_000_000);
     let big_logins: Vec<String> = logins(6)
         .iter()
@@ -219,8 +212,6 @@ async fn one_mib_bodies_drain_under_a_two_mib_budget_and_each_meets_its_fate() {
     let padded = db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 1000000").await;
     assert_eq!(padded, 3, "each 1 MiB reject is recorded with its length");
     assert_eq!(queue.depth().await, 0, "every message deleted after its commit");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -240,5 +231,4 @@ async fn a_visibility_change_counts_only_the_entries_sqs_confirmed() {
     let handles = vec![received[0].receipt_handle.clone(), "not-a-receipt-handle".to_owned()];
     assert_eq!(source.extend(&handles, 60).await.unwrap(), 1, "the bogus entry is not counted");
     assert_eq!(source.delete(&handles[..1]).await.unwrap().ok, 1);
-    queue.delete().await;
 }

@@ -10,13 +10,13 @@ use diesel_async::RunQueryDsl;
 use pii_ingest::event::{self, Rules};
 use pii_ingest::seed::{self, Mix, Outgoing};
 
-use crate::support::{TestDb, TestQueue, binary_env};
+use crate::support::{TestDb, TestEnv, TestQueue, binary_env};
 
 const MESSAGES: usize = 2_000;
 const PROCESSED: &str = "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM quarantined_messages) AS n";
 
 fn start(env: &[(String, String)], args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+    crate::support::binary::bare()
         .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
@@ -120,7 +120,7 @@ async fn assert_exactly_once(db: &TestDb, queue: &TestQueue, valid: &BTreeSet<St
 
 #[tokio::test]
 async fn killed_three_times_mid_drain_every_message_lands_exactly_once() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(2).await);
+    let TestEnv { db, queue } = TestEnv::new(2).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
     let (messages, valid) = load(11);
@@ -144,14 +144,12 @@ async fn killed_three_times_mid_drain_every_message_lands_exactly_once() {
     let report = drain(&env).await;
     assert_eq!(report["abandoned"], 0, "{report}");
     assert_exactly_once(&db, &queue, &valid).await;
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn sigterm_mid_drain_exits_zero_within_the_visibility_timeout_and_loses_nothing() {
     const VISIBILITY: u32 = 5;
-    let (db, queue) = (TestDb::new().await, TestQueue::new(VISIBILITY).await);
+    let TestEnv { db, queue } = TestEnv::new(VISIBILITY).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
     let (messages, valid) = load(12);
@@ -178,6 +176,4 @@ async fn sigterm_mid_drain_exits_zero_within_the_visibility_timeout_and_loses_no
     let rows = db.rows().await as u64;
     assert_eq!(stopped["written"].as_u64().unwrap() + last["written"].as_u64().unwrap(), rows, "{stopped}\n{last}");
     assert_eq!(quarantined(&stopped) + quarantined(&last), MESSAGES as u64 - rows, "{stopped}\n{last}");
-    db.drop().await;
-    queue.delete().await;
 }

@@ -1,14 +1,14 @@
 //! The binary as a user runs it: migrate, seed, run --until-empty, twice.
 
 use crate::support::binary::{ok, run as pii_ingest, with};
-use crate::support::{TestDb, TestQueue, binary_env};
+use crate::support::{TestEnv, binary_env};
 
 #[tokio::test]
 async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
 
     ok(pii_ingest(&env, &["migrate"]));
     assert!(ok(pii_ingest(&env, &["seed", "--file", sample])).contains("sent 100 messages"));
@@ -22,35 +22,29 @@ async fn seeding_the_sample_twice_and_draining_twice_writes_it_once() {
     assert!(second.contains("duplicates skipped        100"), "{second}");
     assert!(second.contains("reconciliation      ok"), "{second}");
     assert_eq!(db.rows().await, 99);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn replay_without_the_ledger_never_opens_the_store() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     let report = ok(pii_ingest(&env, &["replay", "--file", sample, "--no-ledger"]));
     assert!(report.contains("rows written               99"), "{report}");
     // Opening sled would have created the store (and taken its lock).
     assert!(!dir.path().join("ledger").exists(), "replay --no-ledger created the ledger store");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn run_refuses_to_start_without_a_masking_key() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env: Vec<_> = binary_env(&db, &queue, dir.path()).into_iter().filter(|(k, _)| !k.contains("MASKING")).collect();
     let output = pii_ingest(&env, &["run", "--until-empty"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("masking.key") && stderr.contains("32 bytes"), "{stderr}");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -63,7 +57,7 @@ async fn a_bad_setting_is_one_line_naming_the_key() {
 
 #[tokio::test]
 async fn a_config_file_that_does_not_exist_is_one_line_naming_it() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+    let output = crate::support::binary::bare()
         .args(["--config", "/nonexistent/pii-ingest.toml", "check-config"])
         .output()
         .unwrap();
@@ -80,7 +74,7 @@ async fn completions_are_printed_for_bash_zsh_and_fish_without_any_configuration
     for (shell, marker) in
         [("bash", "complete -F _pii__ingest"), ("zsh", "#compdef pii-ingest"), ("fish", "complete -c pii-ingest")]
     {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        let output = crate::support::binary::bare()
             .args(["--config", "/nonexistent/pii-ingest.toml", "completions", shell])
             .output()
             .unwrap();
@@ -93,10 +87,10 @@ async fn completions_are_printed_for_bash_zsh_and_fish_without_any_configuration
 
 #[tokio::test]
 async fn logs_and_reports_into_a_pipe_carry_no_terminal_escape_codes() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__LOG__FILTER", "info");
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     let mut printed = Vec::new();
     for args in [&["seed", "--file", sample][..], &["run", "--until-empty"], &["stats"]] {
         let output = pii_ingest(&env, args);
@@ -107,8 +101,6 @@ async fn logs_and_reports_into_a_pipe_carry_no_terminal_escape_codes() {
     let printed = String::from_utf8_lossy(&printed);
     assert!(printed.contains(" INFO "), "the run logged at info: {printed}");
     assert!(!printed.contains('\x1b'), "an escape code reached a pipe: {printed:?}");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -122,14 +114,14 @@ async fn check_config_never_prints_the_key() {
 
 #[tokio::test]
 async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = binary_env(&db, &queue, dir.path());
     env.retain(|(k, _)| !k.ends_with("LOG__FILTER"));
     env.push(("RUST_LOG".into(), "trace".into()));
     // The sample plus bad messages that carry PII in every position a log could pick it up from.
     let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pii-corpus.jsonl");
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     let mut raw: Vec<String> = Vec::new();
     for line in std::fs::read_to_string(sample).unwrap().lines().chain(std::fs::read_to_string(corpus).unwrap().lines())
     {
@@ -170,8 +162,6 @@ async fn no_raw_pii_reaches_any_output_or_the_ledger_even_at_trace_level() {
         assert!(!output.contains(value.as_str()), "raw value {value:?} reached the output");
         assert!(!ledger_text.contains(value.as_str()), "raw value {value:?} reached the ledger");
     }
-    db.drop().await;
-    queue.delete().await;
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -185,10 +175,10 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     ok(pii_ingest(&env, &["seed", "--file", sample]));
     ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert_eq!(db.rows().await, 99);
@@ -205,16 +195,14 @@ async fn a_ledger_kept_across_a_database_wipe_is_cleared_not_trusted() {
     let again = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(again.contains("rows written               99"), "{again}");
     assert_eq!(db.rows().await, 99);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn replaying_a_file_twice_or_after_seeding_it_writes_it_once() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
 
     let first: serde_json::Value =
         serde_json::from_str(&ok(pii_ingest(&env, &["replay", "--file", sample, "--json"]))).unwrap();
@@ -230,6 +218,4 @@ async fn replaying_a_file_twice_or_after_seeding_it_writes_it_once() {
     let third = ok(pii_ingest(&env, &["run", "--until-empty"]));
     assert!(third.contains("rows written                0"), "{third}");
     assert_eq!(db.rows().await, 99);
-    db.drop().await;
-    queue.delete().await;
 }

@@ -5,14 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::support::binary::{free_port, scrape_until, serve};
-use crate::support::{TestDb, TestQueue, binary_env, logins};
+use crate::support::{TestEnv, binary_env, logins};
 
 pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -101,18 +100,23 @@ fn compose_file_is_valid_and_has_a_monitoring_profile() {
     let test = compose["services"]["ingester"]["healthcheck"]["test"].as_sequence().expect("a healthcheck test list");
     let test: Vec<&str> = test.iter().filter_map(Value::as_str).collect();
     assert_eq!(test[..2], ["CMD", "pii-ingest"], "{test:?}");
-    let help = Command::new(env!("CARGO_BIN_EXE_pii-ingest")).args(&test[2..]).arg("--help").output().unwrap();
+    let help = crate::support::binary::bare().args(&test[2..]).arg("--help").output().unwrap();
     assert!(help.status.success(), "the binary does not accept {test:?}");
 
     // Files bind-mounted into the monitoring services exist.
     for service in ["prometheus", "grafana"] {
-        let Some(Value::Sequence(volumes)) = services.get(service).and_then(|s| s.get("volumes")) else { continue };
+        let volumes = services.get(service).and_then(|s| s.get("volumes")).and_then(Value::as_sequence);
+        let volumes =
+            volumes.unwrap_or_else(|| panic!("{service} mounts nothing: its config and dashboards are files"));
+        let mut mounted = 0;
         for volume in volumes.iter().filter_map(Value::as_str) {
             let source = volume.split(':').next().unwrap();
             if source.starts_with("./") {
                 assert!(repo(source).exists(), "{service} mounts {source}, which does not exist");
+                mounted += 1;
             }
         }
+        assert!(mounted > 0, "{service} bind-mounts no file of the repository");
     }
 }
 
@@ -239,7 +243,7 @@ fn expressions(value: &serde_json::Value, out: &mut Vec<String>) {
 /// The metric families `pii-ingest run` exports, read from its /metrics once a batch has been
 /// committed (histograms appear with their first observation).
 pub(crate) async fn exported_metric_names() -> BTreeSet<String> {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     queue.send_bodies(logins(3)).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -257,8 +261,6 @@ pub(crate) async fn exported_metric_names() -> BTreeSet<String> {
     });
     assert!(child.stop().success(), "SIGTERM exits 0");
     let body = body.expect("/metrics never showed the 3 rows written, the histograms and the gauges");
-    db.drop().await;
-    queue.delete().await;
     // Families from their `# TYPE` lines and from the samples themselves.
     body.lines()
         .filter_map(|line| match line.strip_prefix("# TYPE ") {
@@ -450,7 +452,7 @@ fn k8s_config_is_accepted_by_the_binary() {
         .filter_map(Value::as_str)
         .collect();
     let config_args = &args[..args.iter().position(|a| *a == "run").expect("the container runs `run`")];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pii-ingest"));
+    let mut command = crate::support::binary::bare();
     command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(config_args).arg("check-config");
     for (name, value) in config["data"].as_mapping().unwrap() {
         command.env(name.as_str().unwrap(), value.as_str().expect("ConfigMap values are strings"));

@@ -8,13 +8,13 @@ use pii_ingest::ledger::Ledger;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::faults::{Fault, Faulty};
-use crate::support::{self, TestDb, TestQueue, drain, drain_once, pipeline, settings};
+use crate::support::{self, TestDb, TestEnv, drain, drain_once, pipeline, settings};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     queue.send_bodies(support::sample()).await;
     let report = drain_once(queue.source().await, &db).await;
 
@@ -25,13 +25,11 @@ async fn the_sample_queue_becomes_99_rows_and_one_quarantine_record() {
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE locale IS NULL").await, 29);
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 1);
     assert_eq!(queue.depth().await, 0, "every message is deleted after commit");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn the_same_message_twice_in_one_batch_writes_one_row() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     queue.send_bodies(support::logins(30)).await;
     let report = drain_once(Faulty::new(queue.source().await, Fault::DoubleDelivery), &db).await;
 
@@ -41,13 +39,11 @@ async fn the_same_message_twice_in_one_batch_writes_one_row() {
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.rows().await, 30);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_failed_delete_is_redelivered_after_the_visibility_timeout_and_skipped_by_the_ledger() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
+    let TestEnv { db, queue } = TestEnv::new(1).await;
     queue.send_bodies(support::logins(40)).await;
     let report = drain_once(Faulty::new(queue.source().await, Fault::FailFirstDeletes), &db).await;
 
@@ -58,13 +54,11 @@ async fn a_failed_delete_is_redelivered_after_the_visibility_timeout_and_skipped
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.rows().await, 40);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(2).await);
+    let TestEnv { db, queue } = TestEnv::new(2).await;
     queue.send_bodies(support::logins(50)).await;
 
     // First consumer commits everything but its deletes never land; it is stopped once all rows exist.
@@ -84,13 +78,11 @@ async fn a_wiped_ledger_falls_back_to_the_database_unique_key() {
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.rows().await, 50);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
+    let TestEnv { db, queue } = TestEnv::new(1).await;
     let dir = tempfile::tempdir().unwrap();
     queue.send_bodies(support::logins(20)).await;
     {
@@ -106,13 +98,11 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
     let report = drain(pipeline(queue.source().await, &db, Arc::new(ledger), settings()), LIMIT).await;
     assert_eq!(report.duplicate_ledger, 20, "{report}");
     assert_eq!(db.rows().await, 20);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn two_consumers_draining_one_queue_write_one_row_per_message() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
+    let TestEnv { db, queue } = TestEnv::new(1).await;
     let n = 300;
     let messages = pii_ingest::seed::generate(n, Default::default(), 42);
     queue.send(messages).await;
@@ -138,38 +128,32 @@ async fn two_consumers_draining_one_queue_write_one_row_per_message() {
     assert_eq!(db.rows().await, n as i64);
     assert_eq!(db.count("SELECT count(DISTINCT message_id) AS n FROM user_logins").await, n as i64);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn identical_bodies_sent_twice_are_two_messages_and_two_rows() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let body = support::sample()[0].clone();
     queue.send_bodies([body.clone(), body]).await;
     let report = drain_once(queue.source().await, &db).await;
     assert_eq!(report.written, 2, "the SQS MessageId, not the body, is the dedup key");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn create_date_is_the_sent_date_so_every_delivery_lands_on_the_same_day() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     queue.send_bodies(support::logins(5)).await;
     drain_once(queue.source().await, &db).await;
     assert_eq!(
         db.count("SELECT count(*) AS n FROM user_logins WHERE create_date = (sent_at AT TIME ZONE 'UTC')::date AND sent_at <= ingested_at").await,
         5
     );
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redelivered() {
     use diesel_async::{AsyncConnection, RunQueryDsl};
-    let (db, queue) = (TestDb::new().await, TestQueue::new(2).await);
+    let TestEnv { db, queue } = TestEnv::new(2).await;
     queue.send_bodies(support::logins(30)).await;
 
     // Hold a lock on the table for 5 s (2.5 visibility timeouts): the writer blocks mid-transaction.
@@ -193,8 +177,6 @@ async fn a_batch_slower_than_the_visibility_timeout_is_kept_invisible_not_redeli
     assert_eq!(report.written, 30);
     assert_eq!(report.received, 30, "no message was redelivered while its batch was waiting: {report}");
     assert!(report.visibility_extended >= 30, "{report:?}");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -231,14 +213,13 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
         assert_eq!(ids, want);
     }
     assert_eq!(db.rows().await, 30);
-    db.drop().await;
 }
 
 #[tokio::test]
 async fn statements_cancelled_mid_write_are_retried_never_quarantined_on_either_sink() {
     use diesel_async::{AsyncConnection, RunQueryDsl};
     for insert in [false, true] {
-        let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+        let TestEnv { db, queue } = TestEnv::new(30).await;
         queue.send_bodies(support::logins(40)).await;
         // Lock the table, and cancel every statement that waits on the lock, as statement_timeout or
         // lock_timeout would. The writes fail with "canceling statement", which is not the rows' fault.
@@ -275,7 +256,5 @@ async fn statements_cancelled_mid_write_are_retried_never_quarantined_on_either_
         assert_eq!(report.written, 40, "insert sink: {insert}: {report}");
         assert_eq!(report.quarantined_total(), 0, "insert sink: {insert}: {report}");
         assert!(report.retries > 0, "the cancellations did happen: {report:?}");
-        db.drop().await;
-        queue.delete().await;
     }
 }

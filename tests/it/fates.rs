@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::binary::{ok, run};
 use crate::support::faults::{Fault, Faulty};
-use crate::support::{self, TestDb, TestQueue, drain, drain_once, pipeline, settings};
+use crate::support::{self, TestDb, TestEnv, drain, drain_once, pipeline, settings};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const PROCESSED: &str = "SELECT (SELECT count(*) FROM user_logins) + (SELECT count(*) FROM quarantined_messages) AS n";
@@ -88,12 +88,11 @@ async fn a_restore_under_a_live_ledger_writes_again_what_the_restore_took_away()
     assert_eq!(again["duplicate_ledger"].as_u64(), Some(0), "{again}");
     assert_eq!(db.count(PROCESSED).await, 100, "{again}");
     assert_eq!(db.count(TWO_FATES).await, 0);
-    db.drop().await;
 }
 
 #[tokio::test]
 async fn a_restored_database_makes_ledger_hits_write_again_instead_of_deleting_them() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
+    let TestEnv { db, queue } = TestEnv::new(1).await;
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("empty.dump");
     pg_dump(&db, &dump);
@@ -117,13 +116,11 @@ async fn a_restored_database_makes_ledger_hits_write_again_instead_of_deleting_t
     assert!(report.reconciles(), "{report}");
     assert_eq!(db.rows().await, 30);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_reused_idempotency_key_with_another_body_is_kept_as_a_key_conflict() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(1).await);
+    let TestEnv { db, queue } = TestEnv::new(1).await;
     let bodies = support::logins(4);
     let keyed = |body: &String, key: &str| Outgoing { body: body.clone(), key: Some(key.into()), origin: None };
     queue.send(vec![keyed(&bodies[0], "order-1")]).await;
@@ -153,13 +150,11 @@ async fn a_reused_idempotency_key_with_another_body_is_kept_as_a_key_conflict() 
     );
     assert_eq!(db.count(TWO_FATES).await, 0);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn an_over_long_idempotency_key_is_quarantined_naming_the_attribute() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let body = support::logins(1).remove(0);
     queue.send(vec![Outgoing { body, key: Some("k".repeat(300)), origin: None }]).await;
     let report = drain_once(queue.source().await, &db).await;
@@ -174,8 +169,6 @@ async fn an_over_long_idempotency_key_is_quarantined_naming_the_attribute() {
         1
     );
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -203,7 +196,6 @@ async fn a_grown_reordered_or_re_exported_archive_writes_only_its_new_lines() {
     let reordered = drain_once(FileSource::open(&path, Some(sent_at()), support::keying()).unwrap(), &db).await;
     assert_eq!((reordered.written, reordered.quarantined_total()), (0, 0), "{reordered}");
     assert_eq!(db.count(PROCESSED).await, 111);
-    db.drop().await;
 }
 
 #[tokio::test]
@@ -229,12 +221,11 @@ async fn a_message_judged_twice_under_two_validation_configs_keeps_its_first_fat
     assert_eq!((second.written, second.quarantined_total()), (0, 0), "{second}");
     assert_eq!(db.count(PROCESSED).await, 100);
     assert_eq!(db.count(TWO_FATES).await, 0);
-    db.drop().await;
 }
 
 #[tokio::test]
 async fn a_repeat_inside_a_batch_is_not_deleted_while_its_first_delivery_stays_in_the_queue() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+    let TestEnv { db, queue } = TestEnv::new(30).await;
     queue.send_bodies(support::logins(10)).await;
     queue.send_bodies((0..10).map(|i| format!("not json {i}"))).await;
     // Dead-letter mode: rejects are quarantined but left in the queue for its redrive policy. Each
@@ -253,8 +244,6 @@ async fn a_repeat_inside_a_batch_is_not_deleted_while_its_first_delivery_stays_i
 
     assert!(report.reconciles(), "{report}");
     assert_eq!(queue.depth().await, 10, "the ten rejects stay in the queue for the redrive policy: {report}");
-    db.drop().await;
-    queue.delete().await;
 }
 
 /// A trigger that records `synchronous_commit` as the write transaction sees it.
@@ -299,7 +288,6 @@ async fn both_sinks_commit_durably_even_where_the_database_default_is_asynchrono
             0,
             "insert sink: {insert}"
         );
-        db.drop().await;
     }
 }
 
@@ -316,7 +304,7 @@ const POISON: &str = "
 #[tokio::test]
 async fn a_poison_row_is_isolated_after_a_retry_budget_on_both_sinks_whatever_the_server_language() {
     for insert in [false, true] {
-        let (db, queue) = (TestDb::new().await, TestQueue::new(30).await);
+        let TestEnv { db, queue } = TestEnv::new(30).await;
         let logins = support::logins(40);
         let user = |line: &str| {
             serde_json::from_str::<serde_json::Value>(line).unwrap()["user_id"].as_str().unwrap().to_owned()
@@ -335,14 +323,12 @@ async fn a_poison_row_is_isolated_after_a_retry_budget_on_both_sinks_whatever_th
         assert_eq!(report.quarantined.get("db_rejected"), Some(&2), "insert sink: {insert}: {report}");
         assert!(report.reconciles(), "{report}");
         assert_eq!(queue.depth().await, 0);
-        db.drop().await;
-        queue.delete().await;
     }
 }
 
 #[tokio::test]
 async fn an_exported_queue_replayed_or_re_driven_after_its_drain_writes_nothing_twice() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = support::binary_env(&db, &queue, dir.path());
     let dump = dir.path().join("dump.jsonl");
@@ -385,6 +371,4 @@ async fn an_exported_queue_replayed_or_re_driven_after_its_drain_writes_nothing_
         0
     );
     assert_eq!(db.count(PROCESSED).await, 11);
-    db.drop().await;
-    queue.delete().await;
 }

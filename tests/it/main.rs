@@ -10,6 +10,7 @@ mod deploy;
 mod erasure;
 mod exactly_once;
 mod fates;
+mod harness;
 mod layout;
 mod masking;
 mod migrations;

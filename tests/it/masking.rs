@@ -1,11 +1,11 @@
 //! Masking against the real Postgres: tokens equal pgcrypto's `encode(hmac(value, key, 'sha256'), 'hex')`,
 //! and no raw PII is stored anywhere.
 
-use crate::support::{self, TEST_KEY, TestDb, TestQueue, drain_once};
+use crate::support::{self, TEST_KEY, TestEnv, drain_once};
 
 #[tokio::test]
 async fn stored_tokens_equal_what_postgres_hmac_computes_with_the_key() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     queue.send_bodies(support::logins(10)).await;
     drain_once(queue.source().await, &db).await;
 
@@ -18,13 +18,11 @@ async fn stored_tokens_equal_what_postgres_hmac_computes_with_the_key() {
          AND mask_key_id = 'test-key'"
     );
     assert_eq!(db.count(&sql).await, 1);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn no_raw_ip_or_device_id_is_stored_in_any_table() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let sample = support::sample();
     // A malformed message that still carries PII must be quarantined with it masked.
     let bad = r#"{"ip":"10.20.30.40","device_id":"999-88-7777","device_type":"toaster"}"#.to_owned();
@@ -52,6 +50,4 @@ async fn no_raw_ip_or_device_id_is_stored_in_any_table() {
         "SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'missing_field' AND masked_body LIKE '%{token}%'"
     );
     assert_eq!(db.count(&sql).await, 1, "the quarantined body keeps the ip as its token");
-    db.drop().await;
-    queue.delete().await;
 }

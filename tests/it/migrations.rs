@@ -77,7 +77,6 @@ async fn reverting_every_migration_leaves_nothing_behind_and_they_apply_again() 
     let applied = db::migrate(&db.url).await.expect("the migrations apply again after a full revert");
     assert_eq!(applied.len(), embedded, "{applied:?}");
     assert_eq!(text(&db, SCHEMA_OBJECTS).await, migrated, "up again gives the same schema");
-    db.drop().await;
 }
 
 #[tokio::test]
@@ -92,6 +91,5 @@ async fn an_existing_database_is_found_without_the_createdb_privilege() {
     TestDb::execute(&db, &format!("CREATE ROLE {role} LOGIN NOCREATEDB")).await; // not RunQueryDsl::execute
     let found = db::create_database_if_missing(&url).await;
     TestDb::execute(&db, &format!("DROP ROLE {role}")).await;
-    db.drop().await;
     assert!(matches!(found, Ok(false)), "{found:?}");
 }

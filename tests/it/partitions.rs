@@ -79,7 +79,6 @@ async fn a_fresh_migrate_makes_user_logins_partitioned_by_month_with_the_coming_
     assert_eq!(db.count(dedup_key).await, 1);
     let default = "SELECT count(*) AS n FROM user_logins_partitions() WHERE from_date IS NULL";
     assert_eq!(db.count(default).await, 0, "no DEFAULT partition");
-    db.drop().await;
 }
 
 #[tokio::test]
@@ -103,7 +102,6 @@ async fn replaying_envelopes_spanning_six_months_fills_six_partitions_through_bo
         // The one fate per message holds across partitions: a second replay writes nothing.
         let again = replay(&db, &path, sink(&db)).await;
         assert_eq!((again.written, db.rows().await), (0, 30), "insert sink: {insert}: {again:?}");
-        db.drop().await;
     }
 }
 
@@ -125,7 +123,6 @@ async fn an_envelope_dated_far_in_the_past_gets_its_partition_through_replay() {
     let placed = "SELECT count(*) AS n FROM user_logins_1999_02 WHERE create_date = '1999-02-14'";
     assert_eq!((db.rows().await, db.count(placed).await), (1, 1));
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 0, "nothing refused");
-    db.drop().await;
 }
 
 #[tokio::test]
@@ -140,8 +137,6 @@ async fn messages_drained_from_the_queue_land_in_this_months_partition() {
     let this_month = "SELECT count(*) AS n FROM user_logins \
         WHERE tableoid::regclass::text = 'user_logins_' || to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')";
     assert_eq!(db.count(this_month).await, 12);
-    db.drop().await;
-    queue.delete().await;
 }
 
 fn login(i: usize, date: chrono::NaiveDate) -> NewLogin {
@@ -181,7 +176,6 @@ async fn a_login_with_only_the_ingester_role_writes_into_a_month_without_a_parti
     assert_eq!(inserted.unwrap().logins.len(), 1);
     let placed = "SELECT (SELECT count(*) FROM user_logins_2019_01) + (SELECT count(*) FROM user_logins_2019_02) AS n";
     assert_eq!(db.count(placed).await, 2);
-    db.drop().await;
 }
 
 #[tokio::test]
@@ -198,5 +192,4 @@ async fn a_partition_dropped_behind_a_sinks_back_is_made_again_by_its_next_write
         assert_eq!(again.logins.len(), 1);
     }
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins_2023_05").await, 1);
-    db.drop().await;
 }

@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use pii_ingest::{seed, source};
 
 use crate::support::binary::{ok, run as pii_ingest, with};
-use crate::support::{TestDb, TestQueue, binary_env, masker, server_url, sqs_config};
+use crate::support::{TestDb, TestEnv, TestQueue, binary_env, masker, server_url, sqs_config};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pii-corpus.jsonl");
 
@@ -150,7 +150,7 @@ async fn a_corpus_of_shapes_drained_at_trace_has_one_fate_each_and_leaks_no_plan
     for value in PLANTED {
         assert!(corpus.contains(value), "{value} is planted in the corpus");
     }
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = camel_case_fields(&binary_env(&db, &queue, dir.path()));
     env.retain(|(k, _)| !k.ends_with("LOG__FILTER"));
@@ -184,8 +184,6 @@ async fn a_corpus_of_shapes_drained_at_trace_has_one_fate_each_and_leaks_no_plan
     assert_nothing_planted("the database or the ledger", &leftovers(&db, dir.path()), PLANTED);
     assert_nothing_planted("the database (canonical form)", &leftovers(&db, dir.path()), &["2001:db8::33"]);
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 /// The emulator that runs SNS (`PII_INGEST_TEST_SNS`, default: the SQS emulator's address).
@@ -257,6 +255,4 @@ async fn a_login_published_through_a_real_sns_subscription_becomes_the_same_row_
     assert_nothing_planted("the database or the ledger", &leftovers(&db, dir.path()), &planted);
     assert_eq!(queue.depth().await, 0);
     let _ = sns.delete_topic().topic_arn(&topic).send().await;
-    db.drop().await;
-    queue.delete().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::QueueAttributeName;
 use pii_ingest::ledger::Ledger;
 
-use crate::support::{self, TestDb, TestQueue, drain, drain_once, pipeline, settings};
+use crate::support::{self, TestDb, TestEnv, TestQueue, drain, drain_once, pipeline, settings};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -33,7 +33,7 @@ fn corpus() -> Vec<(String, &'static str)> {
 
 #[tokio::test]
 async fn every_bad_message_is_quarantined_with_its_reason_and_the_good_ones_are_written() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let bad = corpus();
     let good: Vec<String> = support::logins(40);
     // Interleave so that every batch mixes good and bad messages.
@@ -56,13 +56,11 @@ async fn every_bad_message_is_quarantined_with_its_reason_and_the_good_ones_are_
     }
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE reason = 'not_json' AND masked_body IS NULL AND body_bytes = 15").await, 1);
     assert_eq!(queue.depth().await, 0, "bad messages never block the queue");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_row_postgres_refuses_is_isolated_and_quarantined_while_its_batch_commits() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     // A rule only the database knows, so validation cannot catch it before the write.
     db.execute("ALTER TABLE user_logins ADD CONSTRAINT no_poison CHECK (user_id <> 'poison')").await;
     let mut bodies: Vec<String> = support::logins(30);
@@ -85,8 +83,6 @@ async fn a_row_postgres_refuses_is_isolated_and_quarantined_while_its_batch_comm
         .await;
     assert_eq!(detail, 1, "the detail names the constraint");
     assert_eq!(queue.depth().await, 0);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -126,14 +122,11 @@ async fn dead_letter_mode_leaves_rejects_for_the_redrive_policy_and_still_record
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 2);
     assert_eq!(queue.depth().await, 0);
     assert_eq!(dlq.depth().await, 2, "both rejects reached the dead-letter queue");
-    db.drop().await;
-    queue.delete().await;
-    dlq.delete().await;
 }
 
 #[tokio::test]
 async fn bodies_near_the_sqs_size_limit_are_handled() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let mut big_login: serde_json::Value = serde_json::from_str(&support::logins(1)[0]).unwrap();
     big_login["padding"] = "p".repeat(250 * 1024).into();
     let big_garbage = format!("<{}>", "g".repeat(250 * 1024));
@@ -153,6 +146,4 @@ async fn bodies_near_the_sqs_size_limit_are_handled() {
         1
     );
     assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages WHERE body_bytes > 250 * 1024").await, 1);
-    db.drop().await;
-    queue.delete().await;
 }

@@ -59,7 +59,6 @@ async fn retention_removes_exactly_the_rows_and_quarantine_records_dated_before_
     assert_eq!(again["rows_deleted"].as_i64(), Some(0), "{again}");
     let missing = pii_ingest(&env, &["retention"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("set retention.days or pass --older-than-days"));
-    db.drop().await;
 }
 
 /// An envelope line (the `export` format) for `body`, sent at `sent`.
@@ -125,5 +124,4 @@ async fn retention_drops_expired_months_deletes_the_straddling_rows_and_keeps_ev
     // The kept claims stop a replay of the same archive from bringing expired data back.
     let again = replay(&db, &path).await;
     assert_eq!((again.written, again.quarantined_total(), db.rows().await), (0, 0, 2), "{again:?}");
-    db.drop().await;
 }

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use crate::support::binary::{ok, run as pii_ingest, with};
-use crate::support::{TestDb, TestQueue, binary_env, server_url};
+use crate::support::{TestDb, TestEnv, binary_env, server_url};
 
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+const SAMPLE: &str = crate::support::SAMPLE;
 /// The first sample login.
 const USER: &str = "424cdd21-063a-43a7-b91b-7ca1a833afae";
 const IP: &str = "199.172.111.135";
@@ -20,7 +20,7 @@ fn keygen(dir: &Path) -> (String, String) {
 
 #[tokio::test]
 async fn sealed_values_are_revealed_with_the_private_key_and_every_reveal_is_audited() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (public, private) = keygen(&dir.path().join("keys"));
     let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
@@ -58,13 +58,11 @@ async fn sealed_values_are_revealed_with_the_private_key_and_every_reveal_is_aud
 
     assert_eq!(db.count(&format!("SELECT count(*) AS n FROM reveal_audit WHERE who = 'alice' AND reason = 'ticket 42' AND selector = 'user_id={USER}' AND cardinality(message_ids) = 1")).await, 1);
     assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 2);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn the_wrong_private_key_fails_clearly_reveals_nothing_and_leaks_no_key_material() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (public, _) = keygen(&dir.path().join("a"));
     let (_, other_private) = keygen(&dir.path().join("b"));
@@ -81,23 +79,26 @@ async fn the_wrong_private_key_fails_clearly_reveals_nothing_and_leaks_no_key_ma
     assert!(!stdout.contains(IP) && !stderr.contains(IP));
     assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 0, "a failed reveal revealed nothing");
 
+    // check-config is given the private key itself: its text as a secret setting, and its file
+    // named where the public key belongs (the mistake an operator could make).
     let secret = std::fs::read_to_string(&other_private).unwrap();
-    let config = ok(pii_ingest(
-        &with(&env, "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &other_private.replace("seal.key", "seal.pub")),
-        &["check-config"],
-    ));
+    let given = with(&env, "PII_INGEST__MASKING__KEY", secret.trim());
+    let config =
+        ok(pii_ingest(&with(&given, "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &other_private), &["check-config"]));
+    assert!(
+        config.contains("[sealing]") && config.contains(&other_private),
+        "check-config printed its config: {config}"
+    );
     for text in [stdout.as_ref(), stderr.as_ref(), config.as_str()] {
         assert!(!text.contains(secret.trim()), "private key material was printed");
     }
     let blank = pii_ingest(&env, &["reveal", "--private-key-file", &other_private, "--reason", " ", "--user-id", USER]);
     assert!(String::from_utf8_lossy(&blank.stderr).contains("a reason is required"));
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn rotating_both_keys_keeps_every_row_readable_and_findable() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (old_public, old_private) = keygen(&dir.path().join("old"));
     let (new_public, new_private) = keygen(&dir.path().join("new"));
@@ -145,13 +146,11 @@ async fn rotating_both_keys_keeps_every_row_readable_and_findable() {
         "SELECT count(*) AS n FROM user_logins WHERE masked_ip = encode(hmac('{IP}', '{new_hmac}', 'sha256'), 'hex')"
     );
     assert_eq!(db.count(&sql).await, 1, "tokens re-derived under the new key find the known IP");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn the_analyst_role_sees_masked_columns_only_and_the_ingester_role_cannot_read_ciphertext() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (public, _) = keygen(&dir.path().join("keys"));
     // A login user that is only a member of pii_ingester runs the whole ingestion.
@@ -172,9 +171,15 @@ async fn the_analyst_role_sees_masked_columns_only_and_the_ingester_role_cannot_
             use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
             let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
             diesel::sql_query(format!("SET ROLE {role}")).execute(&mut conn).await.unwrap();
+            // Denied means Postgres said so (SQLSTATE 42501, "permission denied for ..."); any
+            // other failure (a typo, a missing table) fails the test instead of passing as denied.
             match diesel::sql_query(sql).execute(&mut conn).await {
                 Ok(_) => false,
-                Err(e) => e.to_string().contains("permission denied"),
+                Err(e) => {
+                    let error = e.to_string();
+                    assert!(error.starts_with("permission denied for "), "{role}: {sql}: failed otherwise: {error}");
+                    true
+                }
             }
         }
     };
@@ -185,9 +190,9 @@ async fn the_analyst_role_sees_masked_columns_only_and_the_ingester_role_cannot_
     assert!(denied("pii_ingester", "SELECT ip_sealed FROM user_logins").await);
     assert!(denied("pii_ingester", "SELECT masked_ip FROM user_logins").await);
     assert!(!denied("pii_ingester", "SELECT message_id FROM user_logins").await);
-    db.drop().await;
+    // Before its roles: a role is not dropped while a database still grants it anything.
+    drop(db);
     db_drop_role(&login).await;
-    queue.delete().await;
 }
 
 async fn db_drop_role(role: &str) {
@@ -212,7 +217,7 @@ async fn quarantined_id(db: &TestDb) -> String {
 
 #[tokio::test]
 async fn a_quarantined_body_is_sealed_revealed_with_an_audit_and_replayed_once_its_names_are_configured() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (public, private) = keygen(&dir.path().join("keys"));
     let env = with(&binary_env(&db, &queue, dir.path()), "PII_INGEST__SEALING__PUBLIC_KEY_FILE", &public);
@@ -255,13 +260,11 @@ async fn a_quarantined_body_is_sealed_revealed_with_an_audit_and_replayed_once_i
             .await,
         1
     );
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn without_sealing_a_quarantined_body_keeps_nothing_raw_and_reveal_says_so() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let (_, private) = keygen(&dir.path().join("keys"));
     let env = binary_env(&db, &queue, dir.path());
@@ -280,6 +283,4 @@ async fn without_sealing_a_quarantined_body_keeps_nothing_raw_and_reveal_says_so
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("without sealing: nothing raw was kept"));
     assert_eq!(db.count("SELECT count(*) AS n FROM reveal_audit").await, 0);
-    db.drop().await;
-    queue.delete().await;
 }

@@ -4,15 +4,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::binary::{free_port, get, ok, run, scrape_until, serve, with};
-use crate::support::{TestDb, TestQueue, binary_env};
+use crate::support::{TestEnv, binary_env};
 
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served_while_running() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     ok(run(&env, &["seed", "--file", sample]));
     let child = serve(&env, &addr);
     // Deletes follow the commit: wait for both, or a scrape between them sees 99 rows and 99 deletes.
@@ -35,15 +35,13 @@ async fn metrics_health_and_readiness_are_served_while_running() {
     assert_eq!((status, body.as_str()), (200, "postgres: ok\nsqs: ok\n"));
 
     assert!(child.stop().success(), "SIGTERM exits 0");
-    db.drop().await;
-    queue.delete().await;
 }
 
 /// The readiness gauge the `PiiIngestNotReady` alert watches follows `/readyz`: a database that
 /// goes away shows as `pii_ingest_dependency_up{dependency="postgres"} 0` and a 503 naming it.
 #[tokio::test]
 async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let child = serve(&binary_env(&db, &queue, dir.path()), &addr);
@@ -51,13 +49,13 @@ async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
         body.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 1"#)
     })
     .expect("the ingester never reported Postgres up");
-    db.drop().await;
+    // Postgres loses the database under the running ingester.
+    drop(db);
     let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
         body.contains(r#"pii_ingest_dependency_up{dependency="postgres"} 0"#)
     });
     let readyz = get(&addr, "/readyz");
     drop(child);
-    queue.delete().await;
     let metrics = metrics.expect("the gauge never showed Postgres down after its database was dropped");
     assert!(metrics.contains(r#"pii_ingest_dependency_up{dependency="sqs"} 1"#), "{metrics}");
     assert_eq!(readyz, Some((503, "postgres: unreachable\nsqs: ok\n".to_owned())));
@@ -65,7 +63,7 @@ async fn a_lost_database_shows_in_readyz_and_the_readiness_gauge() {
 
 #[tokio::test]
 async fn health_exits_0_while_an_instance_answers_and_1_once_it_is_gone() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     // The health check finds the instance through the same configuration: a wildcard listen
     // address, as in the container, is asked on loopback.
@@ -86,17 +84,15 @@ async fn health_exits_0_while_an_instance_answers_and_1_once_it_is_gone() {
     assert_eq!(gone.status.code(), Some(1), "no instance: exit 1");
     let stderr = String::from_utf8_lossy(&gone.stderr);
     assert!(stderr.starts_with(&format!("error: http://{addr}/healthz: ")) && stderr.contains("refused"), "{stderr}");
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
 async fn a_live_scrape_passes_promtool_check_metrics() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     ok(run(&env, &["seed", "--file", sample]));
     let child = serve(&env, &addr);
     let metrics = scrape_until(&addr, Duration::from_secs(30), |body| {
@@ -112,8 +108,6 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
     for series in ["pii_ingest_rows_written_total", "pii_ingest_queue_messages", "pii_ingest_commit_seconds"] {
         assert!(metrics.contains(&format!("# HELP {series} ")), "no HELP for {series}:\n{metrics}");
     }
-    db.drop().await;
-    queue.delete().await;
 }
 
 /// `promtool check metrics` on `exposition`: (exit status 0, everything it printed).
@@ -137,12 +131,12 @@ fn promtool_check_metrics(exposition: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn stats_reports_rows_quarantine_and_ledger() {
-    let (db, queue) = (TestDb::new().await, TestQueue::new(5).await);
+    let TestEnv { db, queue } = TestEnv::new(5).await;
     let dir = tempfile::tempdir().unwrap();
     let env = binary_env(&db, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+        let out = crate::support::binary::bare()
             .args(["--config", "/dev/null"])
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -159,6 +153,4 @@ async fn stats_reports_rows_quarantine_and_ledger() {
     assert_eq!(stats["mask_key_ids"], serde_json::json!(["test-key"]));
     assert!(stats["first_date"].is_string());
     assert!(run(&["stats"]).contains("rows                          99"));
-    db.drop().await;
-    queue.delete().await;
 }

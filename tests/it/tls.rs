@@ -40,7 +40,7 @@ async fn verify_full_migrates_and_drains_the_sample_into_a_tls_only_server() {
     let (server, queue, dir) = (tls_server(), TestQueue::new(5).await, tempfile::tempdir().unwrap());
     let database = database_name();
     let env = tls_env(server, &database, &queue, dir.path());
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+    let sample = crate::support::SAMPLE;
 
     ok(pii_ingest(&env, &["migrate"]));
     ok(pii_ingest(&env, &["seed", "--file", sample]));
@@ -51,8 +51,6 @@ async fn verify_full_migrates_and_drains_the_sample_into_a_tls_only_server() {
 
     let db = TestDb { url: server.url("localhost", &database, &server.verify_full()) };
     assert_eq!(db.rows().await, 99);
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -73,8 +71,6 @@ async fn readyz_answers_over_tls_and_the_insert_writer_uses_it_too() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(running.stop().success());
-    db.drop().await;
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -86,7 +82,6 @@ async fn a_wrong_ca_fails_with_one_line_that_says_so() {
     let want =
         format!("TLS: the server certificate is not signed by the CA in sslrootcert={}", server.other_ca.display());
     assert!(line.starts_with("error: cannot connect to Postgres at ") && line.ends_with(&want), "{line}");
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -100,7 +95,6 @@ async fn a_wrong_host_name_fails_with_one_line_that_says_so() {
         line.ends_with("TLS: the server certificate is not valid for host 127.0.0.1 (it names localhost)"),
         "{line}"
     );
-    queue.delete().await;
 }
 
 #[tokio::test]
@@ -112,7 +106,6 @@ async fn sslmode_disable_gets_the_servers_refusal_in_one_line() {
     let line = migrate_fails(&env);
     assert!(line.contains("the server refused the connection: FATAL: no pg_hba.conf entry for host"), "{line}");
     assert!(line.contains("no encryption (the server takes TLS connections only"), "{line}");
-    queue.delete().await;
 }
 
 /// Whether the session of a new connection to `url` is encrypted (from `pg_stat_ssl`).

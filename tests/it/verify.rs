@@ -4,7 +4,7 @@
 use crate::support::binary::{ok, run as pii_ingest, with};
 use crate::support::{TEST_KEY, TestDb, server_url};
 
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+const SAMPLE: &str = crate::support::SAMPLE;
 /// Every line is loaded as sent at this time (not the file's modification time), so dates are known.
 const SENT_AT: &str = "2026-11-20T23:30:00Z";
 
@@ -69,7 +69,6 @@ async fn verify_passes_on_a_freshly_loaded_database_and_rederives_sealed_values(
     let loaded = loaded(true).await;
     let (code, stdout, stderr) = verify(&loaded.env, &["--json", "--private-key-file", &loaded.private_key]);
     let (text_code, text, _) = verify(&loaded.env, &["--private-key-file", &loaded.private_key]);
-    loaded.db.drop().await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["ok"], true);
@@ -118,7 +117,6 @@ async fn verify_fails_naming_token_format_when_a_token_is_not_lowercase_hex() {
         .execute("UPDATE user_logins SET masked_ip = upper(masked_ip) WHERE id = (SELECT min(id) FROM user_logins)")
         .await;
     let (code, stdout, stderr) = verify(&loaded.env, &[]);
-    loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["token_format"], "{stderr}");
     assert!(stderr.contains("verify: check token_format failed: 1 of 100 records"), "{stderr}");
@@ -134,7 +132,6 @@ async fn verify_fails_naming_key_ids_when_a_row_has_an_unknown_key_id_and_accept
     let (code, stdout, stderr) = verify(&loaded.env, &[]);
     let retired = with(&loaded.env, "PII_INGEST__MASKING__RETIRED_KEY_IDS", r#"["old-key"]"#);
     let (retired_code, _, retired_stderr) = verify(&retired, &[]);
-    loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["key_ids"], "{stderr}");
     assert!(!stdout.contains("old-key") && !stderr.contains("old-key"), "an unknown key id is not printed");
@@ -151,7 +148,6 @@ async fn verify_fails_naming_create_date_when_it_disagrees_with_sent_at() {
     let (code, stdout, stderr) = verify(&loaded.env, &[]);
     // --since the load's date leaves the corrupted row (now dated the day before) out.
     let (since_code, since_stdout, _) = verify(&loaded.env, &["--since", "2026-11-20", "--json"]);
-    loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["create_date"], "{stderr}");
     assert!(stderr.contains("1 of 99 rows have a create_date that is not the UTC date of sent_at"), "{stderr}");
@@ -174,7 +170,6 @@ async fn verify_fails_naming_the_rederivation_when_tokens_do_not_match_the_seale
         .await;
     let (code, stdout, stderr) = verify(&loaded.env, &["--private-key-file", &loaded.private_key]);
     let (without_key, _, _) = verify(&loaded.env, &[]);
-    loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["sealed_values_rederive"], "{stderr}");
     assert!(stderr.contains("2 of 100 sampled records"), "{stderr}");
@@ -194,7 +189,6 @@ async fn verify_fails_naming_the_rederivation_when_a_sealed_quarantined_body_doe
     // A well-formed token, but not the HMAC of the sealed body.
     loaded.db.execute("UPDATE quarantined_messages SET body_hmac = (SELECT min(masked_ip) FROM user_logins)").await;
     let (code, stdout, stderr) = verify(&loaded.env, &["--private-key-file", &loaded.private_key]);
-    loaded.db.drop().await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert_eq!(failed_checks(&stderr), ["sealed_values_rederive"], "{stderr}");
     assert!(stderr.contains("1 of 100 sampled records"), "{stderr}");

@@ -7,9 +7,15 @@ use std::net::TcpStream;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+/// The binary under test, with nothing set: the one place that names it. Most tests want
+/// [`command`]; this is for those that test the configuration itself.
+pub fn bare() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pii-ingest"))
+}
+
 /// The binary with `args`, configured by `env`. `RUST_LOG` is cleared unless `env` sets it.
 pub fn command(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pii-ingest"));
+    let mut command = bare();
     command.args(["--config", "/dev/null"]).args(args).env_remove("RUST_LOG").envs(env.iter().map(|(k, v)| (k, v)));
     command
 }

@@ -1,6 +1,8 @@
-//! Test harness: a fresh database and a fresh queue per test, on the real Postgres and the real SQS
-//! emulator, so tests run in parallel and never depend on leftover state. Missing services fail the
-//! test loudly with the command that starts them.
+//! Test harness: a fresh database and a fresh queue per test ([`TestEnv`]), on the real Postgres and
+//! the real SQS emulator, so tests run in parallel and never depend on leftover state. Both are
+//! removed when dropped, so a failing assertion leaks nothing. Databases are copied from a migrated
+//! template, made once per migration set. Missing services fail the test loudly with the command
+//! that starts them.
 
 pub mod binary;
 pub mod faults;
@@ -40,24 +42,125 @@ pub fn masker() -> Masker {
     Masker::new(TEST_KEY.as_bytes(), Some("test-key")).unwrap()
 }
 
-/// A migrated database of its own.
+/// The sample queue content shipped with the repo (99 logins, one malformed message).
+pub const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
+
+/// A database and a queue of the test's own, both removed when the test ends, however it ends
+/// (destructure it: `let TestEnv { db, queue } = TestEnv::new(5).await;`).
+pub struct TestEnv {
+    pub db: TestDb,
+    pub queue: TestQueue,
+}
+
+impl TestEnv {
+    /// A fresh migrated database and a queue whose messages come back `visibility_secs` after an
+    /// undeleted receive.
+    pub async fn new(visibility_secs: u32) -> TestEnv {
+        let (db, queue) = tokio::join!(TestDb::new(), TestQueue::new(visibility_secs));
+        TestEnv { db, queue }
+    }
+}
+
+/// Runs `cleanup` to completion on a runtime of its own, on a thread of its own: `Drop` may run
+/// inside a test's runtime (which cannot block on another future) or while a panic unwinds.
+fn clean_up<F: Future<Output = ()> + Send + 'static>(cleanup: F) {
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), cleanup).await })
+    })
+    .join();
+    if !matches!(done, Ok(Ok(()))) {
+        eprintln!("test cleanup did not finish: {done:?}");
+    }
+}
+
+/// A migrated database of its own, copied from [`template`] and dropped (`WITH (FORCE)`) when the
+/// value is dropped.
 pub struct TestDb {
     pub url: String,
 }
 
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        clean_up(async move {
+            if let Err(error) = db::drop_database(&url).await {
+                eprintln!("could not drop the test database: {error}");
+            }
+        });
+    }
+}
+
+/// A connection to the server's `postgres` database, or a failed test saying how to start Postgres.
+async fn admin() -> tokio_postgres::Client {
+    match db::connect_client(&format!("{}/postgres", server_url())).await {
+        Ok(client) => client,
+        Err(error) => panic!(
+            "Postgres is not reachable at {} ({error}): start it with \
+             `pg_ctlcluster $(ls /etc/postgresql) main start`, or set PII_INGEST_TEST_POSTGRES",
+            server_url()
+        ),
+    }
+}
+
+/// Hex SHA-256 (first 12 digits) of every file under `migrations/`, names included.
+fn migrations_hash() -> String {
+    use sha2::{Digest, Sha256};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("migrations/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() { dirs.push(path) } else { files.push(path) }
+        }
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
+        hash.update(std::fs::read(&file).expect("a readable migration"));
+    }
+    hex::encode(hash.finalize())[..12].to_owned()
+}
+
+/// Id of the advisory lock under which a template database is made (any constant will do).
+const TEMPLATE_LOCK: i64 = 0x7069_695f_6974;
+
+/// The migrated template database every test database is copied from, made once per migration set:
+/// its name carries the migrations' hash, so a changed migration gets a template of its own. Made
+/// under an advisory lock, as test binaries run in parallel, and marked a template only once it is
+/// fully migrated (a half-made one, its maker killed, is made again).
+async fn template() -> &'static str {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("pii_it_template_{}", migrations_hash());
+            let admin = admin().await;
+            admin.query("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK]).await.expect("the template lock");
+            let row = admin.query_opt("SELECT datistemplate FROM pg_database WHERE datname = $1", &[&name]).await;
+            let made = row.expect("pg_database is readable").map(|r| r.get::<_, bool>(0));
+            if made != Some(true) {
+                let quoted = format!("\"{name}\"");
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")).await.unwrap();
+                admin.batch_execute(&format!("CREATE DATABASE {quoted}")).await.unwrap();
+                let url = format!("{}/{name}", server_url());
+                db::migrate(&url).await.expect("migrations apply to a fresh database");
+                admin.batch_execute(&format!("ALTER DATABASE {quoted} WITH IS_TEMPLATE true")).await.unwrap();
+            }
+            admin.query("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK]).await.expect("the template lock");
+            name
+        })
+        .await
+}
+
 impl TestDb {
     pub async fn new() -> TestDb {
+        let template = template().await;
         let name = format!("pii_it_{}", uuid::Uuid::new_v4().simple());
-        let url = format!("{}/{name}", server_url());
-        if let Err(error) = db::create_database_if_missing(&url).await {
-            panic!(
-                "Postgres is not reachable at {} ({error}): start it with \
-                 `pg_ctlcluster $(ls /etc/postgresql) main start`, or set PII_INGEST_TEST_POSTGRES",
-                server_url()
-            );
-        }
-        db::migrate(&url).await.expect("migrations apply to a fresh database");
-        TestDb { url }
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+        admin().await.batch_execute(&create).await.expect("a database copied from the migrated template");
+        TestDb { url: format!("{}/{name}", server_url()) }
     }
 
     pub async fn conn(&self) -> AsyncPgConnection {
@@ -100,17 +203,24 @@ impl TestDb {
     pub async fn execute(&self, sql: &str) {
         diesel::sql_query(sql).execute(&mut self.conn().await).await.unwrap();
     }
-
-    pub async fn drop(self) {
-        db::drop_database(&self.url).await.unwrap();
-    }
 }
 
-/// A queue of its own on the emulator.
+/// A queue of its own on the emulator, deleted when the value is dropped.
 pub struct TestQueue {
     pub client: Client,
     pub name: String,
     pub url: String,
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        // A client of the cleanup's own: the test's client belongs to the test's runtime.
+        clean_up(async move {
+            let client = source::sqs::client(&sqs_config("unused")).await;
+            let _ = client.delete_queue().queue_url(url).send().await;
+        });
+    }
 }
 
 impl TestQueue {
@@ -166,10 +276,6 @@ impl TestQueue {
         let mut config = sqs_config(&self.name);
         config.queue_url = Some(self.url.clone());
         SqsSource::connect(&config).await.unwrap()
-    }
-
-    pub async fn delete(self) {
-        let _ = self.client.delete_queue().queue_url(&self.url).send().await;
     }
 }
 
@@ -227,10 +333,9 @@ pub async fn drain<S: Source>(pipeline: Pipeline<S>, limit: Duration) -> Report 
     tokio::time::timeout(limit, pipeline.run(CancellationToken::new())).await.expect("the drain finished in time")
 }
 
-/// The sample queue content shipped with the repo (99 logins, one malformed message).
+/// The lines of [`SAMPLE`].
 pub fn sample() -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/login-queue-sample.jsonl");
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(SAMPLE).unwrap().lines().map(str::to_owned).collect()
 }
 
 /// The first `n` valid logins of the sample.
