@@ -283,20 +283,10 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             Row::Reject(i, _) => {
                 NewQuarantined { message_id: key.clone(), reason, field: None, detail, ..batch.rejects[i].clone() }
             }
-            Row::Login(_) => NewQuarantined {
-                message_id: key.clone(),
-                reason,
-                field: None,
-                detail,
-                masked_body: self.masker.mask_body(&delivery.body, &self.rules),
-                body_hmac: entry.fingerprint.clone(),
-                body_bytes: delivery.body.len() as i32,
-                receive_count: delivery.receive_count,
-                sent_at: delivery.sent_at,
-                mask_key_id: self.masker.key_id().to_owned(),
-                body_sealed: self.sealer.as_ref().map(|s| s.seal_bytes(&delivery.body)),
-                seal_key_id: self.sealer.as_ref().map(|s| s.key_id().to_owned()),
-            },
+            Row::Login(_) => {
+                let reject = Rejected { reason: RejectReason::KeyConflict, field: None, detail };
+                NewQuarantined { message_id: key.clone(), ..self.record_of(&delivery, &entry.fingerprint, reject) }
+            }
         };
         delivery.message_id = key;
         (delivery, record)

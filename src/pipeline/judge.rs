@@ -92,6 +92,11 @@ impl<S, K> Pipeline<S, K> {
             sqs.message_id = %delivery.message_id, reason = %reject.reason, field = reject.field,
             disposition = "reject", "message quarantined: {}", reject.detail
         );
+        self.record_of(delivery, fingerprint, reject)
+    }
+
+    /// The record itself, under the delivery's message id; the caller logs why.
+    pub(super) fn record_of(&self, delivery: &Delivery, fingerprint: &str, reject: Rejected) -> NewQuarantined {
         NewQuarantined {
             message_id: delivery.message_id.clone(),
             reason: reject.reason.as_str().to_owned(),
