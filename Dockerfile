@@ -23,11 +23,11 @@ ARG CARGO_BUILD_JOBS=default
 # manifest whose declared target file is missing) let cargo compile every dependency without the real
 # sources. Only the `pii-ingest` binary is built (not the benchmarks).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src benches \
+RUN mkdir -p src benches/pii-bench \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/masking.rs \
- && echo 'fn main() {}' > benches/pii-bench.rs \
+ && echo 'fn main() {}' > benches/pii-bench/main.rs \
  && cargo build --release --locked --bin pii-ingest \
  && rm -rf src benches
 

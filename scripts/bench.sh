@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Throughput benchmark: starts Postgres and the SQS emulator if needed, builds in release mode, and runs
 # pii-bench, which measures pii-ingest against bare baselines in the same run and prints one table:
-#   SQS drain vs a bare receive+delete drain (same concurrency, same queue size; the bare drain runs
-#     before and after pii-ingest and the baseline is their mean, as the emulator drifts),
+#   SQS drain at 0, 20 and 50 ms round trip (a delaying proxy between the drains and the emulator):
+#     pii-ingest pinned to the bare drain's concurrency vs a bare receive+delete drain (same queue
+#     size; the bare drain runs before and after pii-ingest and the baseline is their mean, as the
+#     emulator drifts), and pii-ingest with default (self-sizing) receivers vs itself at 0 ms,
 #   Postgres write path (replay) vs a bare binary COPY of the same rows (as many streams as writers;
 #     rounds interleaved, medians),
 #   peak RSS and CPU while draining, and sent->commit latency at half the measured rate.
-# Arguments go to pii-bench: --messages N (100000) --rows N (200000) --rounds R (5) --receivers N (8)
+# Arguments go to pii-bench: --messages N (30000 per drain) --rtt-ms 0,20,50 --rows N (200000) --rounds R (5) --receivers N (8)
 #   --latency-seconds S (20; 0 skips) --backlog N (0; 1000000 is the figure, ~10 more minutes)
 #   --large N (0; 1500 is the figure: peak RSS draining ~1 MiB bodies mixed with small ones, with
 #     default settings and with 5x the batch and 2x the receivers; the feed runs at the emulator's pace,

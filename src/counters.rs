@@ -123,9 +123,24 @@ impl Counter {
 pub struct Stats {
     counts: [AtomicU64; COUNTERS],
     quarantined: [AtomicU64; RejectReason::ALL.len()],
+    /// Receivers running now, and the most that ran at once (they size themselves).
+    receivers: AtomicU64,
+    receivers_peak: AtomicU64,
 }
 
 impl Stats {
+    /// Notes that `n` receivers run now (and sets the `pii_ingest_receivers` gauge).
+    pub fn note_receivers(&self, n: usize) {
+        self.receivers.store(n as u64, Relaxed);
+        self.receivers_peak.fetch_max(n as u64, Relaxed);
+        metrics::gauge!("pii_ingest_receivers").set(n as f64);
+    }
+
+    /// Receivers running now.
+    pub fn receivers(&self) -> u64 {
+        self.receivers.load(Relaxed)
+    }
+
     /// Adds `n` to a counter (and to its Prometheus twin).
     pub fn add(&self, counter: Counter, n: usize) {
         self.counts[counter as usize].fetch_add(n as u64, Relaxed);
@@ -188,6 +203,7 @@ impl Stats {
             unknown_fields: self.get(UnknownFields),
             retries: self.get(RetryReceive) + self.get(RetryWrite) + self.get(RetryDelete),
             visibility_extended: self.get(VisibilityExtended),
+            receivers_peak: self.receivers_peak.load(Relaxed),
             quarantined: RejectReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), self.quarantined[r.index()].load(Relaxed)))
@@ -214,6 +230,8 @@ pub struct Report {
     pub unknown_fields: u64,
     pub retries: u64,
     pub visibility_extended: u64,
+    /// Most receivers that ran at once.
+    pub receivers_peak: u64,
     /// Quarantined messages by reason code.
     pub quarantined: BTreeMap<&'static str, u64>,
 }

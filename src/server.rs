@@ -59,6 +59,7 @@ fn register_metrics() {
     describe_gauge!("pii_ingest_build_info", "Always 1; the running release in its version label");
     describe_gauge!("pii_ingest_queue_messages", "Approximate messages in the queue, by state");
     describe_gauge!("pii_ingest_ledger_entries", "Message ids held by the local ledger (skip-cache)");
+    describe_gauge!("pii_ingest_receivers", "Concurrent long-poll receivers now (they size themselves)");
     describe_gauge!(
         "pii_ingest_dependency_up",
         "1 when the dependency answered the last readiness check within 2 s, else 0 (what /readyz reports)"

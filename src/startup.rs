@@ -12,7 +12,7 @@ use crate::db::{self, DbError};
 use crate::event::{FieldNames, Limits, Rules};
 use crate::ledger::{Ledger, LedgerError};
 use crate::mask::{MIN_KEY_BYTES, Masker};
-use crate::pipeline::{Pipeline, RETRY_BUDGET, Settings};
+use crate::pipeline::{Pipeline, RETRY_BUDGET, Receivers, Settings};
 use crate::seal::Sealer;
 use crate::sink::{CopySink, PgSink, Postgres, WriteLimits, WriteMethod};
 use crate::source::{Source, SourceError, SqsSource};
@@ -65,7 +65,8 @@ pub async fn pipeline_over<S: Source>(
     tracing::info!(
         mask_key_id = masker.key_id(),
         ledger.entries = ledger.len(),
-        receivers = settings.receivers,
+        receivers.min = settings.receivers.min,
+        receivers.max = settings.receivers.max,
         write_method = ?config.postgres.write_method,
         seal_key_id = sealer.as_ref().map(Sealer::key_id),
         "pipeline ready"
@@ -127,7 +128,10 @@ pub fn masker(config: &Config) -> Result<Masker, ConfigError> {
 /// How the pipeline runs, from its configuration section.
 pub fn settings(config: &PipelineConfig, until_empty: bool) -> Settings {
     Settings {
-        receivers: config.receivers,
+        receivers: match config.receivers {
+            Some(n) => Receivers::pinned(n),
+            None => Receivers { min: config.min_receivers, max: config.max_receivers },
+        },
         batch_max_rows: config.batch_max_rows,
         writers: config.writers,
         flush_interval: Duration::from_millis(config.flush_interval_ms),

@@ -91,6 +91,19 @@ pub(crate) fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -
         .with_context(|| format!("cannot start {}", binary.display()))
 }
 
+/// As [`spawn`], with stdout piped (for a `--json` report; small enough for the pipe's buffer).
+pub(crate) fn spawn_reporting(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
+    Command::new(binary)
+        // An empty file: no config.toml of the working directory leaks in (a named file must exist).
+        .args(["--config", "/dev/null"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))
+}
+
 /// What [`wait_with_peak_rss`] saw of the child.
 pub(crate) struct Usage {
     /// Peak resident set, KiB.

@@ -13,7 +13,7 @@ use pii_ingest::config::SqsConfig;
 use pii_ingest::{db, seed, source};
 
 use crate::harness::{
-    Usage, fresh_database, fresh_queue, ingest_env, seed_queue, spawn, sqs_config, wait_with_peak_rss,
+    Usage, fresh_database, fresh_queue, ingest_env, seed_queue, spawn, spawn_reporting, sqs_config, wait_with_peak_rss,
 };
 use crate::{Args, Row, memory, proxy};
 
@@ -104,8 +104,12 @@ async fn ingest_drain(
     // A fresh ledger each time: the same tag would carry the last drain's ids.
     let _ = std::fs::remove_dir_all(work.join("ledger-sqs"));
     let started = Instant::now();
-    let usage = wait_with_peak_rss(spawn(ingester, &["run", "--until-empty", "--json"], &env)?)?;
+    let mut child = spawn_reporting(ingester, &["run", "--until-empty", "--json"], &env)?;
+    let report = child.stdout.take();
+    let usage = wait_with_peak_rss(child)?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_reader(report.context("stdout is piped")?)?;
+    eprintln!("  {rate:.0} msg/s, receivers at most {}", report["receivers_peak"]);
     client.delete_queue().queue_url(&queue.1).send().await?;
     Ok((rate, usage))
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use pii_ingest::config::Config;
+use pii_ingest::pipeline::Receivers;
 use pii_ingest::source::FileSource;
 use pii_ingest::source::file::Keying;
 use pii_ingest::{progress, startup};
@@ -46,7 +47,8 @@ pub async fn run(args: Args, mut config: Config) -> anyhow::Result<ExitCode> {
     let mut settings = startup::settings(&config.pipeline, true);
     settings.batch_max_rows = args.batch_rows.clamp(1, pii_ingest::sink::MAX_ROWS_PER_TRANSACTION);
     // Readers take turns on the file and judge their chunks in parallel; the writer batches them.
-    settings.receivers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(settings.receivers);
+    let parallelism = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    settings.receivers = Receivers::pinned(parallelism.min(settings.receivers.max));
     if args.no_ledger {
         // Never opened: the store stays untouched (and unlocked for a `run` beside this replay).
         config.ledger.enabled = false;

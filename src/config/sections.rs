@@ -165,8 +165,14 @@ pub struct MaskingConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Concurrent long-poll receivers.
-    pub receivers: usize,
+    /// Concurrent long-poll receivers, pinned. Unset (the default), their number sizes itself
+    /// between `min_receivers` and `max_receivers`: it grows while receives come back full and the
+    /// pipeline has room, and shrinks when they come back empty.
+    pub receivers: Option<usize>,
+    /// Fewest receivers when self-sizing: the long polls that watch an idle queue.
+    pub min_receivers: usize,
+    /// Most receivers when self-sizing.
+    pub max_receivers: usize,
     /// Most rows written in one transaction.
     pub batch_max_rows: usize,
     /// Concurrent writer transactions, each on its own connection: while one commits, the next
@@ -187,17 +193,22 @@ pub struct PipelineConfig {
     pub max_inflight_bytes: usize,
 }
 
-/// The default `pipeline.max_inflight_bytes`: 64 MiB, for a small container.
-pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 << 20;
+/// The default `pipeline.max_inflight_bytes`: 96 MiB. Receives reserve the largest bodies the queue
+/// allows (1 MiB each by default), so this is also what caps the messages being fetched at once:
+/// 96 receives' worth keeps a 20-30 ms SQS round trip fed (docs/scaling.md), and it stays within a
+/// 160 MiB peak with 1 MiB bodies.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 96 << 20;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            receivers: 8,
+            receivers: None,
+            min_receivers: 1,
+            max_receivers: 32,
             batch_max_rows: 1000,
             writers: 2,
             flush_interval_ms: 50,
-            delete_concurrency: 8,
+            delete_concurrency: 32,
             delete_rejected: true,
             stall_seconds: 300,
             max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
@@ -207,8 +218,14 @@ impl Default for PipelineConfig {
 
 impl PipelineConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.receivers == 0 {
-            return Err(invalid("pipeline.receivers", "at least 1"));
+        if self.receivers == Some(0) {
+            return Err(invalid("pipeline.receivers", "at least 1 (or unset, to size itself)"));
+        }
+        if !(1..=256).contains(&self.max_receivers) {
+            return Err(invalid("pipeline.max_receivers", "from 1 to 256"));
+        }
+        if !(1..=self.max_receivers).contains(&self.min_receivers) {
+            return Err(invalid("pipeline.min_receivers", "from 1 to pipeline.max_receivers"));
         }
         if !(1..=crate::sink::MAX_ROWS_PER_TRANSACTION).contains(&self.batch_max_rows) {
             return Err(invalid(

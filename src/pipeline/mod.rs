@@ -15,6 +15,7 @@
 mod budget;
 mod commit;
 mod judge;
+mod receivers;
 mod rounds;
 
 use std::sync::Arc;
@@ -34,11 +35,13 @@ use crate::sink::{Postgres, Sink};
 use crate::source::Source;
 use budget::Received;
 use commit::Batch;
+pub use receivers::Receivers;
 
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub receivers: usize,
+    /// Bounds on the concurrent receivers ([`receivers`]).
+    pub receivers: Receivers,
     pub batch_max_rows: usize,
     /// Concurrent transactions (each on its own connection).
     pub writers: usize,
@@ -79,21 +82,14 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
     /// finishes the batch in hand, waits for its deletes, flushes the ledger and reports.
     pub async fn run(self, stop: CancellationToken) -> Report {
         let this = Arc::new(self);
-        let (tx, rx) = mpsc::channel::<Received>(this.settings.receivers * 2);
+        let (tx, rx) = mpsc::channel::<Received>(this.settings.receivers.max * 2);
         let budget = budget::budget(this.settings.max_inflight_bytes);
         let drained = CancellationToken::new();
-        let receivers = TaskTracker::new();
-        for _ in 0..this.settings.receivers {
-            let (this, tx, stop, drained) = (this.clone(), tx.clone(), stop.clone(), drained.clone());
-            let budget = budget.clone();
-            receivers.spawn(async move { this.receive_loop(tx, budget, stop, drained).await });
-        }
-        if this.settings.until_empty {
+        let crew = this.start_receivers(tx, budget, stop.clone(), drained.clone());
+        let watcher = this.settings.until_empty.then(|| {
             let (this, stop, drained) = (this.clone(), stop.clone(), drained.clone());
-            receivers.spawn(async move { this.watch_drained(stop, drained).await });
-        }
-        receivers.close();
-        drop(tx);
+            tokio::spawn(async move { this.watch_drained(stop, drained).await })
+        });
         let deletes = TaskTracker::new();
         // Several writers share the channel: while one commits, the next assembles its batch.
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -106,7 +102,10 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
         }
         writers.close();
         writers.wait().await;
-        receivers.wait().await;
+        Self::receivers_done(&crew).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         deletes.close();
         deletes.wait().await;
         this.ledger.flush().await;
@@ -127,56 +126,6 @@ impl<S: Source, K: Sink> Pipeline<S, K> {
             if self.stats.in_flight() == 0 && self.source.is_drained().await.unwrap_or(false) {
                 drained.cancel();
                 return;
-            }
-        }
-    }
-
-    /// Receives while the byte budget has room, judges each batch and hands it to the writers.
-    async fn receive_loop(
-        self: &Arc<Self>,
-        tx: mpsc::Sender<Received>,
-        budget: Arc<Semaphore>,
-        stop: CancellationToken,
-        drained: CancellationToken,
-    ) {
-        let mut failures = 0u32;
-        loop {
-            let (want, reserved) = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = drained.cancelled() => return,
-                reserved = budget::reserve(&budget, S::MAX_BATCH) => reserved,
-            };
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = drained.cancelled() => return,
-                result = self.source.receive(want) => result,
-            };
-            match result {
-                Ok(batch) if batch.is_empty() => {
-                    failures = 0;
-                    if self.settings.until_empty && self.source.is_drained().await.unwrap_or(false) {
-                        drained.cancel();
-                        return;
-                    }
-                }
-                Ok(batch) => {
-                    failures = 0;
-                    self.stats.add(Counter::Received, batch.len());
-                    let received = self.judge_batch(batch, reserved).await;
-                    if tx.send(received).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    self.stats.add(Counter::RetryReceive, 1);
-                    let delay = backoff(failures);
-                    tracing::warn!(
-                        error = %crate::telemetry::chain(&error), disposition = "retry", delay_ms = delay.as_millis() as u64,
-                        "receive failed; backing off"
-                    );
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
-                }
             }
         }
     }

@@ -15,7 +15,8 @@ pub use file::FileSource;
 pub use sqs::SqsSource;
 
 /// The largest body SQS delivers (1 MiB, `MaximumMessageSize`'s ceiling): what the pipeline's byte
-/// budget reserves per message it asks for.
+/// budget reserves per message it asks for, unless the source knows a smaller bound
+/// ([`Source::max_body_bytes`]).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// One delivery of one message. A redelivery is a new `Delivery` with the same `message_id` and a new
@@ -107,4 +108,11 @@ pub trait Source: Send + Sync + 'static {
 
     /// How long a received message stays invisible (the queue's visibility timeout).
     fn visibility_timeout(&self) -> std::time::Duration;
+
+    /// The largest body this source can deliver: the byte budget reserves this much per message a
+    /// receive asks for. SQS enforces a queue's `MaximumMessageSize` on every send, so a queue set
+    /// below 1 MiB lets more receives run at once in the same budget.
+    fn max_body_bytes(&self) -> usize {
+        MAX_BODY_BYTES
+    }
 }

@@ -18,7 +18,7 @@ use aws_sdk_sqs::types::{
 };
 use chrono::{DateTime, Utc};
 
-use super::{Deleted, Delivery, Source, SourceError, key};
+use super::{Deleted, Delivery, MAX_BODY_BYTES, Source, SourceError, key};
 use crate::config::SqsConfig;
 
 /// SQS returns at most this many messages per receive, and deletes at most this many per batch.
@@ -34,6 +34,8 @@ pub struct SqsSource {
     idempotency_attribute: Option<String>,
     /// The queue's VisibilityTimeout, read at connect.
     visibility_timeout: Duration,
+    /// The queue's MaximumMessageSize, read at connect (1 MiB if unreadable).
+    max_body_bytes: usize,
     /// Timeouts of a receive: the configured ones plus the long-poll wait.
     receive_timeouts: TimeoutConfig,
 }
@@ -49,12 +51,13 @@ impl SqsSource {
         if is_fifo(&queue_url) {
             return Err(SourceError::FifoUnsupported(queue_url));
         }
-        let visibility_timeout = read_visibility_timeout(&client, &queue_url).await?;
+        let (visibility_timeout, max_body_bytes) = read_queue_limits(&client, &queue_url).await?;
         let wait = Duration::from_secs(config.wait_time_seconds.into());
         Ok(SqsSource {
             client,
             queue_url,
             visibility_timeout,
+            max_body_bytes,
             receive_timeouts: timeouts(config, wait),
             wait_time_seconds: config.wait_time_seconds as i32,
             idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
@@ -221,25 +224,30 @@ impl Source for SqsSource {
         self.visibility_timeout
     }
 
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     async fn is_drained(&self) -> Result<bool, SourceError> {
         Ok(self.depth().await?.total() == 0)
     }
 }
 
-async fn read_visibility_timeout(client: &Client, queue_url: &str) -> Result<Duration, SourceError> {
+/// The queue's visibility timeout (30 s if unreadable) and its largest body, `MaximumMessageSize`
+/// (1 MiB if unreadable; SQS's floor is 1 KiB).
+async fn read_queue_limits(client: &Client, queue_url: &str) -> Result<(Duration, usize), SourceError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
         .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::MaximumMessageSize)
         .send()
         .await
         .map_err(|e| sqs_error("GetQueueAttributes", e))?;
-    let seconds = output
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    Ok(Duration::from_secs(seconds))
+    let get = |name: &QueueAttributeName| output.attributes().and_then(|a| a.get(name)).and_then(|v| v.parse().ok());
+    let seconds = get(&QueueAttributeName::VisibilityTimeout).unwrap_or(30);
+    let max_body = get(&QueueAttributeName::MaximumMessageSize).map_or(MAX_BODY_BYTES, |b| b as usize);
+    Ok((Duration::from_secs(seconds), max_body.clamp(1024, MAX_BODY_BYTES)))
 }
 
 /// Whether a queue URL (or name) names a FIFO queue: SQS requires their names to end in `.fifo`.

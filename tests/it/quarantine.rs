@@ -69,7 +69,7 @@ async fn a_row_postgres_refuses_is_isolated_and_quarantined_while_its_batch_comm
     bodies.insert(15, poison.to_string());
     queue.send_bodies(bodies).await;
     let mut s = settings();
-    s.receivers = 1;
+    s.receivers = pii_ingest::pipeline::Receivers::pinned(1);
     s.flush_interval = Duration::from_millis(500); // one transaction for all 31
     let report = drain(pipeline(queue.source().await, &db, Arc::new(Ledger::temporary()), s), LIMIT).await;
 

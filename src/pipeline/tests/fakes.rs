@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,11 +29,21 @@ pub(super) struct MemorySource {
     pub undeletable: Mutex<HashSet<String>>,
     /// The queue's visibility timeout; 30 s when zero.
     pub visibility: Duration,
+    /// How long each receive takes (a round trip; an empty one is a long poll this long).
+    pub receive_delay: Duration,
+    /// Receives in progress now, and the most at once.
+    pub receiving: AtomicUsize,
+    pub most_receiving: AtomicUsize,
 }
 
 impl MemorySource {
     pub fn with_visibility(visibility: Duration) -> Self {
         MemorySource { visibility, ..MemorySource::default() }
+    }
+
+    /// A queue whose every receive takes `delay` (a round trip; an empty receive, a long poll).
+    pub fn with_receive_delay(delay: Duration) -> Self {
+        MemorySource { receive_delay: delay, ..MemorySource::default() }
     }
 
     pub fn push(&self, delivery: Delivery) {
@@ -46,6 +57,12 @@ impl MemorySource {
 
 impl Source for MemorySource {
     async fn receive(&self, max_messages: usize) -> Result<Vec<Delivery>, SourceError> {
+        if !self.receive_delay.is_zero() {
+            let now = self.receiving.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_receiving.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.receive_delay).await;
+            self.receiving.fetch_sub(1, Ordering::SeqCst);
+        }
         let mut queue = self.queue.lock().unwrap();
         let n = max_messages.min(queue.len());
         Ok(queue.drain(..n).collect())

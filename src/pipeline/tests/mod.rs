@@ -4,6 +4,7 @@
 //! database are in `tests/it/` (fates, exactly_once, bounded).
 
 mod fakes;
+mod receivers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use fakes::{MemorySink, MemorySource, Poison, data_error, delivery, login_body, 
 
 fn settings() -> Settings {
     Settings {
-        receivers: 1,
+        receivers: super::Receivers::pinned(1),
         batch_max_rows: 100,
         writers: 1,
         flush_interval: Duration::from_millis(20),

@@ -293,7 +293,7 @@ pub fn sqs_config(queue: &str) -> SqsConfig {
 /// Settings for a short test drain.
 pub fn settings() -> Settings {
     Settings {
-        receivers: 4,
+        receivers: pii_ingest::pipeline::Receivers::pinned(4),
         batch_max_rows: 200,
         writers: 2,
         flush_interval: Duration::from_millis(20),
