@@ -19,8 +19,8 @@ use pii_ingest::db;
 use pii_ingest::event::{Rules, parse};
 use pii_ingest::mask::Masker;
 use pii_ingest::seed;
-use pii_ingest::sink::NewLogin;
-use pii_ingest::sink::copy::copy_logins;
+use pii_ingest::sink::copy::{UNNEST_BELOW, copy_logins};
+use pii_ingest::sink::{CopySink, NewLogin};
 
 use crate::harness::{fresh_database, ingest_env, median, spawn, writers};
 use crate::{Args, KEY, Row};
@@ -34,13 +34,19 @@ struct Names {
     bare: String,
     replay: String,
     psql: String,
+    paths: String,
 }
 
 impl Names {
     fn new() -> Names {
         let tag = std::env::var("PII_BENCH_DB_TAG").unwrap_or_default();
         let name = |base: &str| format!("{base}{tag}");
-        Names { bare: name("pii_bench_pg"), replay: name("pii_bench_pg_replay"), psql: name("pii_bench_pg_psql") }
+        Names {
+            bare: name("pii_bench_pg"),
+            replay: name("pii_bench_pg_replay"),
+            psql: name("pii_bench_pg_psql"),
+            paths: name("pii_bench_pg_paths"),
+        }
     }
 }
 
@@ -66,7 +72,8 @@ pub(crate) async fn postgres_side(
 
     // Rounds interleave the measurements so that a slow spell of the machine hits all of them.
     let runs: [(&str, Option<&str>); 2] = [("replay", None), ("replay --no-ledger", Some("--no-ledger"))];
-    let (mut copy_rates, mut psql_rates, mut replay_rates) = (Vec::new(), Vec::new(), vec![Vec::new(), Vec::new()]);
+    let (mut copy_rates, mut replay_rates) = (Vec::new(), vec![Vec::new(), Vec::new()]);
+    let (mut psql_rates, mut parallel_rates) = (Vec::new(), Vec::new());
     let mut export = None;
     for round in 1..=args.rounds.max(1) {
         eprintln!("postgres: round {round}: bare binary COPY of {m} rows ({} streams)", writers());
@@ -80,9 +87,12 @@ pub(crate) async fn postgres_side(
         }
         eprintln!("postgres: round {round}: psql \\copy of the final rows of a replay");
         let export = export.as_ref().expect("the first replay exported its rows");
-        psql_rates.push(psql_copy(&args.postgres, &names.psql, export, m).await?);
+        psql_rates.push(psql_copy(&args.postgres, &names.psql, export, m, false).await?);
+        eprintln!("postgres: round {round}: psql \\copy of the same rows, one psql per table, in parallel");
+        parallel_rates.push(psql_copy(&args.postgres, &names.psql, export, m, true).await?);
     }
-    let (copy_rate, psql_rate) = (median(&mut copy_rates), median(&mut psql_rates));
+    let (copy_rate, psql_rate, parallel_rate) =
+        (median(&mut copy_rates), median(&mut psql_rates), median(&mut parallel_rates));
     table.push(Row {
         measure: format!("psql \\copy of a replay's final rows, rows/s ({m} lines, median of {})", psql_rates.len()),
         value: format!("{psql_rate:.0}"),
@@ -90,8 +100,12 @@ pub(crate) async fn postgres_side(
         ratio: Some(psql_rate / copy_rate),
         target: "(baseline)",
     });
+    let mut replay_rate = 0.0;
     for ((label, extra), mut rates) in runs.into_iter().zip(replay_rates) {
         let rate = median(&mut rates);
+        if extra.is_none() {
+            replay_rate = rate;
+        }
         table.push(Row {
             measure: format!("Postgres write, rows/s ({m} lines, {label}, median of {})", rates.len()),
             value: format!("{rate:.0}"),
@@ -100,7 +114,15 @@ pub(crate) async fn postgres_side(
             target: if extra.is_none() { ">= 0.85" } else { "(ledger off)" },
         });
     }
-    for name in [&names.bare, &names.replay, &names.psql] {
+    table.push(Row {
+        measure: format!("Postgres write, rows/s ({m} lines, replay) against psql per table in parallel"),
+        value: format!("{replay_rate:.0}"),
+        baseline: format!("{parallel_rate:.0} three psql \\copy at once"),
+        ratio: Some(replay_rate / parallel_rate),
+        target: "(stricter baseline)",
+    });
+    copy_vs_unnest(args, &names.paths, table).await?;
+    for name in [&names.bare, &names.replay, &names.psql, &names.paths] {
         db::drop_database(&format!("{}/{name}", args.postgres)).await?;
     }
     Ok(())
@@ -119,6 +141,9 @@ async fn replay(
     // A fresh database each time, so every run inserts every row.
     let url = fresh_database(&args.postgres, database).await?;
     let env = ingest_env(args, &url, "unused", work, label);
+    // A ledger of its own, empty like the first round's (a ledger left by another database is
+    // cleared at startup, which would be timed).
+    let _ = std::fs::remove_dir_all(work.join(format!("ledger-{}", label.replace(' ', "_"))));
     let mut argv = vec!["replay", "--file", file.to_str().context("a UTF-8 temporary path")?];
     argv.extend(extra);
     let started = Instant::now();
@@ -131,13 +156,20 @@ async fn replay(
 
 /// psql with `commands` (`-c` each, in order) against `url`, failing on the first error.
 fn psql(url: &str, commands: &[String]) -> anyhow::Result<()> {
+    psql_wait(psql_spawn(url, commands)?, commands)
+}
+
+fn psql_spawn(url: &str, commands: &[String]) -> anyhow::Result<std::process::Child> {
     let mut command = Command::new("psql");
     command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url]);
     for c in commands {
         command.args(["-c", c]);
     }
-    let status = command.status().context("psql not found (the psql baseline needs it)")?;
-    if !status.success() {
+    command.spawn().context("psql not found (the psql baseline needs it)")
+}
+
+fn psql_wait(mut child: std::process::Child, commands: &[String]) -> anyhow::Result<()> {
+    if !child.wait()?.success() {
         bail!("psql failed: {commands:?}");
     }
     Ok(())
@@ -160,8 +192,9 @@ fn export_final_rows(url: &str, work: &Path) -> anyhow::Result<Export> {
 }
 
 /// Rows/s of psql's `\copy` of the exported final rows into a freshly migrated database (partitions
-/// made before the clock starts), `lines` counted.
-async fn psql_copy(server: &str, database: &str, export: &Export, lines: usize) -> anyhow::Result<f64> {
+/// made before the clock starts), `lines` counted: one psql loading the tables one after the other,
+/// or with `parallel` one psql per table, all at once.
+async fn psql_copy(server: &str, database: &str, export: &Export, lines: usize, parallel: bool) -> anyhow::Result<f64> {
     let url = fresh_database(server, database).await?;
     let client = db::connect_client(&url).await?;
     client.execute("SELECT user_logins_ensure_partitions($1::text::date[])", &[&export.dates]).await?;
@@ -169,8 +202,56 @@ async fn psql_copy(server: &str, database: &str, export: &Export, lines: usize) 
     let commands: Vec<String> =
         FINAL_TABLES.iter().map(|t| format!("\\copy {t} FROM '{}'", export.dir.join(t).display())).collect();
     let started = Instant::now();
-    psql(&url, &commands)?;
+    if parallel {
+        let children: Vec<_> = commands.chunks(1).map(|c| psql_spawn(&url, c)).collect::<anyhow::Result<_>>()?;
+        for (child, c) in children.into_iter().zip(commands.chunks(1)) {
+            psql_wait(child, c)?;
+        }
+    } else {
+        psql(&url, &commands)?;
+    }
     Ok(lines as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Batch sizes at which the sink's two statements are compared.
+const PATH_BATCHES: [usize; 4] = [10, 100, 1000, 5000];
+
+/// Rows/s of the sink writing batches of each of [`PATH_BATCHES`] rows by COPY and by `INSERT ...
+/// SELECT FROM unnest`, one writer, claims and rows in one transaction a batch as always; the tables
+/// are emptied before each measurement and the two paths take turns going first.
+async fn copy_vs_unnest(args: &Args, database: &str, table: &mut Vec<Row>) -> anyhow::Result<()> {
+    let url = fresh_database(&args.postgres, database).await?;
+    let total = |batch: usize| (batch * 200).clamp(5_000, 50_000);
+    let lines: Vec<String> = seed::generate(total(5000), seed::Mix::default(), 13).into_iter().map(|o| o.body).collect();
+    let rows = masked_rows(&lines, "path")?;
+    let admin = db::connect_client(&url).await?;
+    let sinks = [CopySink::new(&url, 1).with_unnest_below(0), CopySink::new(&url, 1).with_unnest_below(usize::MAX)];
+    let mut rates = vec![[Vec::new(), Vec::new()]; PATH_BATCHES.len()];
+    for round in 1..=args.rounds.max(1) {
+        eprintln!("postgres: round {round}: COPY vs UNNEST at {PATH_BATCHES:?} rows a batch");
+        for (&batch, rates) in PATH_BATCHES.iter().zip(&mut rates) {
+            let n = total(batch);
+            for path in if round % 2 == 1 { [0, 1] } else { [1, 0] } {
+                admin.batch_execute("TRUNCATE user_logins, message_claims").await?;
+                let started = Instant::now();
+                for chunk in rows[..n].chunks(batch) {
+                    sinks[path].write(chunk, &[]).await?;
+                }
+                rates[path].push(n as f64 / started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    for (&batch, [copy, unnest]) in PATH_BATCHES.iter().zip(&mut rates) {
+        let (copy, unnest) = (median(copy), median(unnest));
+        table.push(Row {
+            measure: format!("UNNEST vs COPY, rows/s at {batch} rows a transaction (one writer, {} rows)", total(batch)),
+            value: format!("{unnest:.0}"),
+            baseline: format!("{copy:.0} COPY"),
+            ratio: Some(unnest / copy),
+            target: if batch < UNNEST_BELOW { "(sink: UNNEST)" } else { "(sink: COPY)" },
+        });
+    }
+    Ok(())
 }
 
 /// The masked rows of `lines`, keyed `<prefix>-<i>` (made before any clock starts).

@@ -22,25 +22,27 @@ pub(super) const INSERT_CLAIMS: &str = "INSERT INTO message_claims
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[])
     ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key";
 
-/// The column list of the optimistic binary COPY (most batches claim only new keys).
-pub(super) const CLAIM_COLUMNS: &str = "dedup_key, body_fingerprint, fingerprint_key_id, fate, create_date";
+/// The optimistic binary COPY of the claims (most batches claim only new keys).
+pub(super) const COPY_CLAIMS: &str =
+    "COPY message_claims (dedup_key, body_fingerprint, fingerprint_key_id, fate, create_date) FROM STDIN BINARY";
 
 /// What stored claims say about keys.
 pub(super) const SELECT_CLAIMS: &str = "SELECT dedup_key::text, body_fingerprint::text, fingerprint_key_id::text FROM message_claims WHERE dedup_key = ANY($1)";
 
-/// The claims of one batch, sorted by key, as parallel columns.
+/// The claims of one batch, sorted by key, as parallel columns borrowed from the rows (no string is
+/// copied: the columns go to Postgres as they are).
 #[derive(Default)]
-pub(super) struct ClaimRows {
-    pub keys: Vec<String>,
-    pub fingerprints: Vec<String>,
-    pub key_ids: Vec<String>,
-    pub fates: Vec<String>,
+pub(super) struct ClaimRows<'a> {
+    pub keys: Vec<&'a str>,
+    pub fingerprints: Vec<&'a str>,
+    pub key_ids: Vec<&'a str>,
+    pub fates: Vec<&'static str>,
     pub dates: Vec<NaiveDate>,
 }
 
-impl ClaimRows {
+impl<'a> ClaimRows<'a> {
     /// A claim for each login (fate `row`) and each record (`quarantined` or `key_conflict`).
-    pub fn of(logins: &[NewLogin], quarantined: &[NewQuarantined]) -> ClaimRows {
+    pub fn of(logins: &'a [NewLogin], quarantined: &'a [NewQuarantined]) -> ClaimRows<'a> {
         let mut all: Vec<(&str, &str, &str, &'static str, NaiveDate)> = logins
             .iter()
             .map(|l| (l.message_id.as_str(), l.body_fingerprint.as_str(), l.mask_key_id.as_str(), "row", l.create_date))
@@ -50,12 +52,19 @@ impl ClaimRows {
             }))
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut rows = ClaimRows::default();
+        let n = all.len();
+        let mut rows = ClaimRows {
+            keys: Vec::with_capacity(n),
+            fingerprints: Vec::with_capacity(n),
+            key_ids: Vec::with_capacity(n),
+            fates: Vec::with_capacity(n),
+            dates: Vec::with_capacity(n),
+        };
         for (key, fingerprint, key_id, fate, date) in all {
-            rows.keys.push(key.to_owned());
-            rows.fingerprints.push(fingerprint.to_owned());
-            rows.key_ids.push(key_id.to_owned());
-            rows.fates.push(fate.to_owned());
+            rows.keys.push(key);
+            rows.fingerprints.push(fingerprint);
+            rows.key_ids.push(key_id);
+            rows.fates.push(fate);
             rows.dates.push(date);
         }
         rows
@@ -65,13 +74,46 @@ impl ClaimRows {
     pub fn conflicts(&self, stored: &HashMap<String, StoredClaim>) -> HashSet<String> {
         let mut conflicts = HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
-            if let Some(claim) = stored.get(key)
-                && !claim.same_body(&self.fingerprints[i], &self.key_ids[i])
+            if let Some(claim) = stored.get(*key)
+                && !claim.same_body(self.fingerprints[i], self.key_ids[i])
             {
-                conflicts.insert(key.clone());
+                conflicts.insert((*key).to_owned());
             }
         }
         conflicts
+    }
+
+    /// What `INSERT ... ON CONFLICT DO NOTHING RETURNING dedup_key` answered, as a [`Claimed`].
+    pub fn claimed_of(&self, returned: HashSet<String>) -> Claimed {
+        // As many keys back as sent: the keys are distinct (a repeated one comes back once) and all new.
+        if returned.len() == self.keys.len() { Claimed::All } else { Claimed::Only(returned) }
+    }
+
+    /// The keys not among `claimed`, to ask what claimed them.
+    pub fn others(&self, claimed: &Claimed) -> Vec<&'a str> {
+        match claimed {
+            Claimed::All => Vec::new(),
+            Claimed::Only(set) => self.keys.iter().copied().filter(|k| !set.contains(*k)).collect(),
+        }
+    }
+}
+
+/// Which of a batch's keys this transaction claimed.
+#[derive(Debug)]
+pub(super) enum Claimed {
+    /// Every key, each once (the keys are distinct): no set is built, every row is kept.
+    All,
+    /// These keys (as Postgres returned them); a repeated key is kept for its first row only.
+    Only(HashSet<String>),
+}
+
+impl Claimed {
+    /// Whether the row or record keyed `key` is written (at most once per key).
+    fn keeps(&mut self, key: &str) -> bool {
+        match self {
+            Claimed::All => true,
+            Claimed::Only(set) => set.remove(key),
+        }
     }
 }
 
@@ -96,12 +138,8 @@ impl StoredClaim {
 
 /// The rows and records of a batch that this transaction may write: those whose key it claimed (the
 /// first of each, should a key repeat).
-pub(super) fn keep_claimed<'a, T>(
-    items: &'a [T],
-    key: impl Fn(&T) -> &str,
-    claimed: &mut HashSet<String>,
-) -> Vec<&'a T> {
-    items.iter().filter(|item| claimed.remove(key(item))).collect()
+pub(super) fn keep_claimed<'a, T>(items: &'a [T], key: impl Fn(&T) -> &str, claimed: &mut Claimed) -> Vec<&'a T> {
+    items.iter().filter(|item| claimed.keeps(key(item))).collect()
 }
 
 #[cfg(test)]

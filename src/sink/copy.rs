@@ -1,14 +1,20 @@
 //! The COPY sink: the same contract as [`super::PgSink`] (claim the keys, write only what
-//! this transaction claimed, one durable transaction), at near-COPY speed. Per batch:
-//! 1. `SET LOCAL synchronous_commit = on`, and the partitions of months this process has not
-//!    written yet ([`super::partitions`]), in one round trip;
-//! 2. claim the keys ([`super::claims`]) with a binary COPY into `message_claims` inside a savepoint.
-//!    Most batches hold only new keys (the ledger filtered redeliveries out), and this is all it takes;
-//!    if the primary key refuses one (a redelivery the ledger missed, another worker's message), the
-//!    savepoint is rolled back and the keys are claimed with `INSERT ... ON CONFLICT DO NOTHING
-//!    RETURNING`, then the keys not claimed are compared with what claimed them;
+//! this transaction claimed, one durable transaction), at near-COPY speed. A batch of at least
+//! [`UNNEST_BELOW`] rows and records goes by COPY:
+//! 1. `BEGIN`; then, in one round trip, `SET LOCAL synchronous_commit = on`, the partitions of months
+//!    this process has not written yet ([`super::partitions`]) and the start of step 2;
+//! 2. claim the keys ([`super::claims`]) with a binary COPY into `message_claims`. Most batches hold
+//!    only new keys (the ledger filtered redeliveries out), and this is all it takes. If the primary
+//!    key refuses one (a redelivery the ledger missed, another worker's message, a key twice in the
+//!    batch), the transaction is rolled back and the batch is written again by the second path;
 //! 3. binary COPY of the claimed logins straight into `user_logins`;
-//! 4. quarantine records (rare) with ordinary parameterized inserts.
+//! 4. quarantine records (rare), one prepared insert each; `COMMIT`.
+//!
+//! Six round trips in all. A smaller batch (or one whose COPY of claims was refused) goes by
+//! `INSERT ... SELECT FROM unnest(...)` ([`super::unnest`]): the claims with `ON CONFLICT DO NOTHING
+//! RETURNING` (sent with step 1's prelude), the keys not claimed compared with what claimed them,
+//! then one insert of the claimed rows: four round trips. Every statement is prepared once per
+//! connection.
 //!
 //! diesel-async has no COPY, so this sink keeps tokio-postgres connections of its own, one per
 //! concurrent writer, reconnecting after a failure. diesel still owns the schema and the
@@ -19,17 +25,29 @@ use std::pin::pin;
 use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 
-use super::claims::{CLAIM_COLUMNS, ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
+use super::claims::{COPY_CLAIMS, ClaimRows, Claimed, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
 use super::partitions::Months;
+use super::unnest::{self, INSERT_LOGINS};
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
-const LOGIN_COLUMNS: &str = "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, \
-     create_date, sent_at, mask_key_id, ip_sealed, device_id_sealed, seal_key_id";
+/// Batches of fewer rows and records than this are written by `INSERT ... SELECT FROM unnest(...)`,
+/// larger ones by binary COPY (measured by `pii-bench`'s "COPY vs UNNEST" rows, one writer, rows/s of
+/// UNNEST over COPY: see docs/scaling.md, "The write path").
+pub const UNNEST_BELOW: usize = 1000;
+
+macro_rules! login_columns {
+    () => {
+        "message_id, user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date, sent_at, \
+         mask_key_id, ip_sealed, device_id_sealed, seal_key_id"
+    };
+}
+
+const COPY_LOGINS: &str = concat!("COPY user_logins (", login_columns!(), ") FROM STDIN BINARY");
 
 /// The column types of `user_logins` itself, for the direct COPY.
 const TABLE_TYPES: [Type; 13] = [
@@ -58,22 +76,18 @@ const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
 
 /// Binary COPY of login rows into `table`, a table shaped like `user_logins` (also the bare-COPY
 /// baseline of `pii-bench`, so both copy exactly the same bytes).
-pub async fn copy_logins(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    logins: &[NewLogin],
-) -> Result<(), tokio_postgres::Error> {
+pub async fn copy_logins(tx: &Transaction<'_>, table: &str, logins: &[NewLogin]) -> Result<(), tokio_postgres::Error> {
     let rows: Vec<&NewLogin> = logins.iter().collect();
-    copy_rows(tx, table, &rows).await
+    copy_rows(tx, &format!("COPY {table} ({}) FROM STDIN BINARY", login_columns!()), &rows).await
 }
 
-/// Binary COPY of login rows into `table`.
-async fn copy_rows(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
+/// Binary COPY of login rows by `statement` (a `COPY ... FROM STDIN BINARY` of [`login_columns`]).
+async fn copy_rows<T: ?Sized + ToStatement>(
+    tx: &Transaction<'_>,
+    statement: &T,
     logins: &[&NewLogin],
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(&format!("COPY {table} ({LOGIN_COLUMNS}) FROM STDIN BINARY")).await?;
+    let sink = tx.copy_in(statement).await?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &TABLE_TYPES));
     for row in logins {
         let values: [&(dyn ToSql + Sync); 13] = [
@@ -97,6 +111,32 @@ async fn copy_rows(
     Ok(())
 }
 
+/// The statements of a writer, prepared once per connection (a statement given as text would be
+/// prepared again on every use: one more round trip each).
+struct Statements {
+    copy_claims: Statement,
+    copy_logins: Statement,
+    insert_claims: Statement,
+    insert_logins: Statement,
+    select_claims: Statement,
+    insert_quarantined: Statement,
+}
+
+impl Statements {
+    /// All of them, in one round trip.
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        let (copy_claims, copy_logins, insert_claims, insert_logins, select_claims, insert_quarantined) = futures::try_join!(
+            client.prepare(COPY_CLAIMS),
+            client.prepare(COPY_LOGINS),
+            client.prepare(INSERT_CLAIMS),
+            client.prepare(INSERT_LOGINS),
+            client.prepare(SELECT_CLAIMS),
+            client.prepare(INSERT_QUARANTINED),
+        )?;
+        Ok(Statements { copy_claims, copy_logins, insert_claims, insert_logins, select_claims, insert_quarantined })
+    }
+}
+
 /// One COPY connection: the client, and the task that drives its socket (aborted when the
 /// connection is given up, so a connection stuck on a dead network does not linger).
 struct Connection {
@@ -110,14 +150,22 @@ impl Drop for Connection {
     }
 }
 
-/// Writes batches through COPY on one connection.
+/// A connection with its prepared statements.
+struct Writer {
+    connection: Connection,
+    statements: Statements,
+}
+
+/// Writes batches through COPY (or, below [`UNNEST_BELOW`] rows, `INSERT ... SELECT FROM unnest`).
 pub struct CopySink {
     url: String,
     /// One connection per concurrent writer; a writer takes a free one.
-    clients: Vec<Mutex<Option<Connection>>>,
+    clients: Vec<Mutex<Option<Writer>>>,
     limits: WriteLimits,
     /// Months whose `user_logins` partition a committed write has seen.
     months: Months,
+    /// Batches of fewer rows and records than this skip COPY.
+    unnest_below: usize,
 }
 
 impl CopySink {
@@ -128,7 +176,14 @@ impl CopySink {
             clients: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             limits: WriteLimits::default(),
             months: Months::default(),
+            unnest_below: UNNEST_BELOW,
         }
+    }
+
+    /// The same sink writing batches of fewer than `rows` rows and records by `INSERT ... SELECT
+    /// FROM unnest` and larger ones by COPY (`0`: always COPY; `usize::MAX`: never).
+    pub fn with_unnest_below(self, rows: usize) -> Self {
+        CopySink { unnest_below: rows, ..self }
     }
 
     /// The same sink with other client-side limits.
@@ -142,9 +197,11 @@ impl CopySink {
     /// write connects afresh.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut slot = self.connection().await?;
-        let connection = slot.as_mut().expect("connection() connects");
-        let months = self.months.unseen(&logins.iter().collect::<Vec<_>>());
-        let write = write_batch(&mut connection.client, &months, logins, quarantined);
+        let writer = slot.as_mut().expect("connection() connects");
+        let months = self.months.unseen(logins.iter().map(|l| l.create_date));
+        let by_copy = logins.len() + quarantined.len() >= self.unnest_below;
+        let prelude = prelude(&months);
+        let write = write_batch(writer, &prelude, logins, quarantined, by_copy);
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Copy),
             Err(_) => Err(SinkError::Timeout { what: "write transaction", after: self.limits.write }),
@@ -153,7 +210,7 @@ impl CopySink {
             Ok(_) => self.months.remember(&months),
             Err(_) => self.months.forget(),
         }
-        if result.as_ref().is_err_and(SinkError::drops_connection) || connection.client.is_closed() {
+        if result.as_ref().is_err_and(SinkError::drops_connection) || writer.connection.client.is_closed() {
             *slot = None;
         }
         result
@@ -162,25 +219,25 @@ impl CopySink {
     /// What is stored about `keys` (one query), within the write limit.
     pub async fn claims(&self, keys: &[String]) -> Result<HashMap<String, StoredClaim>, SinkError> {
         let mut slot = self.connection().await?;
-        let connection = slot.as_mut().expect("connection() connects");
-        let query = stored_claims(&connection.client, keys);
+        let writer = slot.as_mut().expect("connection() connects");
+        let query = stored_claims(&writer.connection.client, &writer.statements.select_claims, keys);
         let result = match tokio::time::timeout(self.limits.write, query).await {
             Ok(result) => result.map_err(SinkError::Copy),
             Err(_) => Err(SinkError::Timeout { what: "claims query", after: self.limits.write }),
         };
-        if result.as_ref().is_err_and(SinkError::drops_connection) || connection.client.is_closed() {
+        if result.as_ref().is_err_and(SinkError::drops_connection) || writer.connection.client.is_closed() {
             *slot = None;
         }
         result
     }
 
     /// A free connection (or the first, once free), connected.
-    async fn connection(&self) -> Result<MutexGuard<'_, Option<Connection>>, SinkError> {
+    async fn connection(&self) -> Result<MutexGuard<'_, Option<Writer>>, SinkError> {
         let mut slot = match self.clients.iter().find_map(|c| c.try_lock().ok()) {
             Some(slot) => slot,
             None => self.clients[0].lock().await,
         };
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+        if slot.as_ref().is_none_or(|w| w.connection.client.is_closed()) {
             *slot = Some(self.connect().await?);
         }
         Ok(slot)
@@ -195,9 +252,15 @@ impl CopySink {
         matches!(tokio::time::timeout(self.limits.connect, ping).await, Ok(Some(_)))
     }
 
-    async fn connect(&self) -> Result<Connection, SinkError> {
-        match tokio::time::timeout(self.limits.connect, self.connect_plain()).await {
-            Ok(connection) => connection,
+    /// A connection with its statements prepared, within the connect limit.
+    async fn connect(&self) -> Result<Writer, SinkError> {
+        let connect = async {
+            let connection = self.connect_plain().await?;
+            let statements = Statements::prepare(&connection.client).await.map_err(SinkError::Copy)?;
+            Ok(Writer { connection, statements })
+        };
+        match tokio::time::timeout(self.limits.connect, connect).await {
+            Ok(writer) => writer,
             Err(_) => Err(SinkError::Timeout { what: "connect", after: self.limits.connect }),
         }
     }
@@ -217,85 +280,109 @@ impl CopySink {
     }
 }
 
-async fn write_batch(
-    client: &mut Client,
-    months: &[chrono::NaiveDate],
-    logins: &[NewLogin],
-    quarantined: &[NewQuarantined],
-) -> Result<Written, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    // A role or database default of `off` would let a commit be lost after its messages were deleted.
-    // Partitions come before any claim: creating one waits for other writers' transactions, which
-    // must not be waiting for a claim this one holds.
+/// The statements every write transaction starts with. A role or database default of `off` would
+/// let a commit be lost after its messages were deleted. Partitions come before any claim: creating
+/// one waits for other writers' transactions, which must not be waiting for a claim this one holds.
+fn prelude(months: &[chrono::NaiveDate]) -> String {
     let mut prelude = String::from("SET LOCAL synchronous_commit = on");
     if !months.is_empty() {
         // Dates print as digits and dashes only: nothing to escape.
         let list: Vec<String> = months.iter().map(ToString::to_string).collect();
         prelude.push_str(&format!("; SELECT user_logins_ensure_partitions('{{{}}}'::date[])", list.join(",")));
     }
-    tx.batch_execute(&prelude).await?;
-    let (mut claimed, conflicts) = claim(&tx, &ClaimRows::of(logins, quarantined)).await?;
+    prelude
+}
+
+/// One batch by COPY when `by_copy`, falling back to `INSERT ... SELECT FROM unnest` if a key was
+/// taken; by the latter at once otherwise.
+async fn write_batch(
+    writer: &mut Writer,
+    prelude: &str,
+    logins: &[NewLogin],
+    quarantined: &[NewQuarantined],
+    by_copy: bool,
+) -> Result<Written, tokio_postgres::Error> {
+    if by_copy && let Some(written) = write_once(writer, prelude, logins, quarantined, true).await? {
+        return Ok(written);
+    }
+    let written = write_once(writer, prelude, logins, quarantined, false).await?;
+    Ok(written.expect("INSERT ... ON CONFLICT never refuses a taken key"))
+}
+
+/// One transaction. `None`: the COPY of the claims met a taken key, and the transaction was rolled back.
+async fn write_once(
+    writer: &mut Writer,
+    prelude: &str,
+    logins: &[NewLogin],
+    quarantined: &[NewQuarantined],
+    by_copy: bool,
+) -> Result<Option<Written>, tokio_postgres::Error> {
+    let Writer { connection, statements } = writer;
+    let tx = connection.client.transaction().await?;
+    let rows = ClaimRows::of(logins, quarantined);
+    let (mut claimed, conflicts) = if by_copy {
+        match copy_claims(&tx, &statements.copy_claims, prelude, &rows).await {
+            Ok(()) => (Claimed::All, HashSet::new()),
+            // Dropping the transaction rolls it back.
+            Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+    } else {
+        let claimed = unnest::claim(&tx, &statements.insert_claims, prelude, &rows).await?;
+        let others = rows.others(&claimed);
+        let stored = if others.is_empty() { HashMap::new() } else { stored_claims_in(&tx, statements, &others).await? };
+        (claimed, rows.conflicts(&stored))
+    };
     let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
     let quarantined = keep_claimed(quarantined, |q| &q.message_id, &mut claimed);
     let mut written = Written { conflicts, ..Written::default() };
     if !logins.is_empty() {
-        copy_rows(&tx, "user_logins", &logins).await?;
+        if by_copy {
+            copy_rows(&tx, &statements.copy_logins, &logins).await?;
+        } else {
+            unnest::insert_logins(&tx, &statements.insert_logins, &logins).await?;
+        }
+        written.logins.reserve(logins.len());
         written.logins.extend(logins.iter().map(|l| l.message_id.clone()));
     }
-    if !quarantined.is_empty() {
-        let statement = tx.prepare(INSERT_QUARANTINED).await?;
-        for q in quarantined {
-            let params: [&(dyn ToSql + Sync); 12] = [
-                &q.message_id,
-                &q.reason,
-                &q.field,
-                &q.detail,
-                &q.masked_body,
-                &q.body_hmac,
-                &q.body_bytes,
-                &q.receive_count,
-                &q.sent_at,
-                &q.mask_key_id,
-                &q.body_sealed,
-                &q.seal_key_id,
-            ];
-            tx.execute(&statement, &params).await?;
-            written.quarantined.insert(q.message_id.clone());
-        }
+    for q in quarantined {
+        insert_quarantined(&tx, &statements.insert_quarantined, q).await?;
+        written.quarantined.insert(q.message_id.clone());
     }
     tx.commit().await?;
-    Ok(written)
+    Ok(Some(written))
 }
 
-/// Claims the batch's keys: optimistically by COPY; if a key is taken, by `INSERT ... ON CONFLICT`.
-/// Returns the keys claimed here and those held by another body.
-async fn claim(
-    tx: &tokio_postgres::Transaction<'_>,
-    rows: &ClaimRows,
-) -> Result<(HashSet<String>, HashSet<String>), tokio_postgres::Error> {
-    if rows.keys.is_empty() {
-        return Ok(Default::default());
-    }
-    tx.batch_execute("SAVEPOINT claims").await?;
-    match copy_claims(tx, rows).await {
-        Ok(()) => {
-            tx.batch_execute("RELEASE SAVEPOINT claims").await?;
-            return Ok((rows.keys.iter().cloned().collect(), HashSet::new()));
-        }
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT claims").await?;
-        }
-        Err(error) => return Err(error),
-    }
-    let params: [&(dyn ToSql + Sync); 5] = [&rows.keys, &rows.fingerprints, &rows.key_ids, &rows.fates, &rows.dates];
-    let claimed: HashSet<String> = tx.query(INSERT_CLAIMS, &params).await?.iter().map(|r| r.get(0)).collect();
-    let others: Vec<&String> = rows.keys.iter().filter(|k| !claimed.contains(*k)).collect();
-    let stored = stored_claims_in(tx, &others).await?;
-    Ok((claimed, rows.conflicts(&stored)))
+async fn insert_quarantined(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    q: &NewQuarantined,
+) -> Result<u64, tokio_postgres::Error> {
+    let params: [&(dyn ToSql + Sync); 12] = [
+        &q.message_id,
+        &q.reason,
+        &q.field,
+        &q.detail,
+        &q.masked_body,
+        &q.body_hmac,
+        &q.body_bytes,
+        &q.receive_count,
+        &q.sent_at,
+        &q.mask_key_id,
+        &q.body_sealed,
+        &q.seal_key_id,
+    ];
+    tx.execute(statement, &params).await
 }
 
-async fn copy_claims(tx: &tokio_postgres::Transaction<'_>, rows: &ClaimRows) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(&format!("COPY message_claims ({CLAIM_COLUMNS}) FROM STDIN BINARY")).await?;
+/// The COPY of the claims, started in the same round trip as `prelude` (which runs first).
+async fn copy_claims(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    prelude: &str,
+    rows: &ClaimRows<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let (_, sink) = futures::try_join!(tx.batch_execute(prelude), tx.copy_in(statement))?;
     let mut writer = pin!(BinaryCopyInWriter::new(sink, &CLAIM_TYPES));
     for i in 0..rows.keys.len() {
         let values: [&(dyn ToSql + Sync); 5] =
@@ -308,16 +395,18 @@ async fn copy_claims(tx: &tokio_postgres::Transaction<'_>, rows: &ClaimRows) -> 
 
 async fn stored_claims(
     client: &Client,
+    statement: &Statement,
     keys: &[String],
 ) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
-    Ok(client.query(SELECT_CLAIMS, &[&keys]).await?.iter().map(stored_claim).collect())
+    Ok(client.query(statement, &[&keys]).await?.iter().map(stored_claim).collect())
 }
 
 async fn stored_claims_in(
-    tx: &tokio_postgres::Transaction<'_>,
-    keys: &[&String],
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    keys: &[&str],
 ) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
-    Ok(tx.query(SELECT_CLAIMS, &[&keys]).await?.iter().map(stored_claim).collect())
+    Ok(tx.query(&statements.select_claims, &[&keys]).await?.iter().map(stored_claim).collect())
 }
 
 fn stored_claim(row: &tokio_postgres::Row) -> (String, StoredClaim) {

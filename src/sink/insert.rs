@@ -9,7 +9,7 @@ use diesel::result::Error as DieselError;
 use diesel::sql_types::{Array, Date, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::claims::{ClaimRows, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
+use super::claims::{ClaimRows, Claimed, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
 use super::partitions::Months;
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 use crate::db::PgPool;
@@ -44,7 +44,7 @@ impl PgSink {
     /// A connection that times out or finds the database read-only is dropped, not returned to the pool.
     pub async fn write(&self, logins: &[NewLogin], quarantined: &[NewQuarantined]) -> Result<Written, SinkError> {
         let mut conn = self.connection().await?;
-        let months = self.months.unseen(&logins.iter().collect::<Vec<_>>());
+        let months = self.months.unseen(logins.iter().map(|l| l.create_date));
         let write = conn.transaction(async |conn| insert_all(conn, &months, logins, quarantined).await);
         let result = match tokio::time::timeout(self.limits.write, write).await {
             Ok(result) => result.map_err(SinkError::Query),
@@ -112,11 +112,12 @@ struct ClaimRow {
     fingerprint_key_id: Option<String>,
 }
 
-async fn stored_claims(
+async fn stored_claims<K: AsRef<str>>(
     conn: &mut AsyncPgConnection,
-    keys: &[String],
+    keys: &[K],
 ) -> Result<HashMap<String, StoredClaim>, DieselError> {
-    let rows: Vec<ClaimRow> = diesel::sql_query(SELECT_CLAIMS).bind::<Array<Text>, _>(keys).load(conn).await?;
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    let rows: Vec<ClaimRow> = diesel::sql_query(SELECT_CLAIMS).bind::<Array<Text>, _>(&keys).load(conn).await?;
     Ok(rows
         .into_iter()
         .map(|r| (r.dedup_key, StoredClaim { fingerprint: r.body_fingerprint, key_id: r.fingerprint_key_id }))
@@ -124,11 +125,8 @@ async fn stored_claims(
 }
 
 /// Claims the batch's keys; returns those claimed here and those held by another body.
-async fn claim(
-    conn: &mut AsyncPgConnection,
-    rows: &ClaimRows,
-) -> Result<(HashSet<String>, HashSet<String>), DieselError> {
-    let claimed: Vec<ClaimedKey> = diesel::sql_query(INSERT_CLAIMS)
+async fn claim(conn: &mut AsyncPgConnection, rows: &ClaimRows<'_>) -> Result<(Claimed, HashSet<String>), DieselError> {
+    let returned: Vec<ClaimedKey> = diesel::sql_query(INSERT_CLAIMS)
         .bind::<Array<Text>, _>(&rows.keys)
         .bind::<Array<Text>, _>(&rows.fingerprints)
         .bind::<Array<Text>, _>(&rows.key_ids)
@@ -136,11 +134,11 @@ async fn claim(
         .bind::<Array<Date>, _>(&rows.dates)
         .load(conn)
         .await?;
-    let claimed: HashSet<String> = claimed.into_iter().map(|k| k.dedup_key).collect();
-    if claimed.len() == rows.keys.len() {
+    let claimed = rows.claimed_of(returned.into_iter().map(|k| k.dedup_key).collect());
+    let others = rows.others(&claimed);
+    if others.is_empty() {
         return Ok((claimed, HashSet::new()));
     }
-    let others: Vec<String> = rows.keys.iter().filter(|k| !claimed.contains(*k)).cloned().collect();
     let conflicts = rows.conflicts(&stored_claims(conn, &others).await?);
     Ok((claimed, conflicts))
 }

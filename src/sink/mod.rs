@@ -1,6 +1,7 @@
 //! Where rows go: Postgres, by multi-row INSERT through diesel-async ([`PgSink`]) or by binary COPY
-//! ([`CopySink`]). The rows, what a write reports and how it fails ([`SinkError`]) are shared here,
-//! so neither sink imports the other. Both write a batch in one durable transaction that first claims every key in
+//! ([`CopySink`], which writes small batches by `INSERT ... SELECT FROM unnest` instead: [`unnest`]).
+//! The rows, what a write reports and how it fails ([`SinkError`]) are shared here, so neither sink
+//! imports the other. Both write a batch in one durable transaction that first claims every key in
 //! `message_claims` ([`claims`]) and then writes only what it claimed (into monthly partitions of
 //! `user_logins` that it creates when missing: [`partitions`]), and report what they wrote and
 //! which keys another body holds; the pipeline cannot tell them apart. The module boundary keeps SQL
@@ -16,6 +17,7 @@ pub mod copy;
 mod error;
 pub mod insert;
 pub mod partitions;
+mod unnest;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

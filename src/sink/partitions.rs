@@ -17,7 +17,6 @@ use chrono::{Datelike, NaiveDate};
 use diesel::sql_types::{Array, Date, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::NewLogin;
 
 /// Months after the current one whose partitions are made ahead of time.
 pub const MONTHS_AHEAD: u32 = 2;
@@ -48,12 +47,17 @@ pub struct Months {
 }
 
 impl Months {
-    /// The first days of the months of `logins` not seen yet (empty for a batch of known months).
-    pub fn unseen(&self, logins: &[&NewLogin]) -> Vec<NaiveDate> {
+    /// The first days of the months of `dates` not seen yet (empty for a batch of known months),
+    /// sorted. Rows of a batch mostly share a month: a run of one month is looked up once.
+    pub fn unseen(&self, dates: impl IntoIterator<Item = NaiveDate>) -> Vec<NaiveDate> {
         let seen = self.seen.lock().expect("no code panics holding this lock");
-        let months: HashSet<NaiveDate> =
-            logins.iter().map(|l| month_of(l.create_date)).filter(|m| !seen.contains(m)).collect();
-        let mut months: Vec<NaiveDate> = months.into_iter().collect();
+        let (mut months, mut last) = (Vec::new(), None);
+        for month in dates.into_iter().map(month_of) {
+            if last != Some(month) && !seen.contains(&month) && !months.contains(&month) {
+                months.push(month);
+            }
+            last = Some(month);
+        }
         months.sort_unstable();
         months
     }
@@ -105,6 +109,7 @@ pub fn spawn_daily(url: String) -> tokio::task::JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::NewLogin;
 
     fn day(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
@@ -135,10 +140,10 @@ mod tests {
         };
         let (a, b) = (login(day(2024, 3, 9)), login(day(2026, 1, 31)));
         let months = Months::default();
-        assert_eq!(months.unseen(&[&a, &b, &a]), vec![day(2024, 3, 1), day(2026, 1, 1)]);
+        assert_eq!(months.unseen([&a, &b, &a].map(|l| l.create_date)), vec![day(2024, 3, 1), day(2026, 1, 1)]);
         months.remember(&[day(2024, 3, 1)]);
-        assert_eq!(months.unseen(&[&a, &b]), vec![day(2026, 1, 1)]);
+        assert_eq!(months.unseen([&a, &b].map(|l| l.create_date)), vec![day(2026, 1, 1)]);
         months.forget();
-        assert_eq!(months.unseen(&[&a]), vec![day(2024, 3, 1)]);
+        assert_eq!(months.unseen([&a].map(|l| l.create_date)), vec![day(2024, 3, 1)]);
     }
 }

@@ -215,6 +215,76 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
     assert_eq!(db.rows().await, 30);
 }
 
+/// A login keyed `m-{i}` whose body fingerprint is `body`.
+fn login(i: usize, body: usize) -> pii_ingest::sink::NewLogin {
+    pii_ingest::sink::NewLogin {
+        message_id: format!("m-{i}"),
+        user_id: format!("u-{i}"),
+        device_type: "ios".into(),
+        masked_ip: "a".repeat(64),
+        masked_device_id: "b".repeat(64),
+        locale: (i % 2 == 0).then(|| "DE".into()),
+        app_version: "1.0".into(),
+        create_date: chrono::Utc::now().date_naive(),
+        sent_at: chrono::Utc::now(),
+        mask_key_id: "k".into(),
+        ip_sealed: (i % 3 == 0).then(|| vec![1, 2, 3]),
+        device_id_sealed: None,
+        seal_key_id: (i % 3 == 0).then(|| "s".into()),
+        body_fingerprint: format!("{body:064}"),
+    }
+}
+
+#[tokio::test]
+async fn the_copy_sink_keeps_every_claim_rule_by_copy_and_by_unnest_alike() {
+    use pii_ingest::sink::{CopySink, NewQuarantined};
+    let db = TestDb::new().await;
+    let record = |i: usize| NewQuarantined {
+        message_id: format!("m-{i}"),
+        reason: "missing_field".into(),
+        field: Some("ip".into()),
+        detail: "missing".into(),
+        masked_body: None,
+        body_hmac: format!("{i:064}"),
+        body_bytes: 3,
+        receive_count: 1,
+        sent_at: chrono::Utc::now(),
+        mask_key_id: "k".into(),
+        body_sealed: None,
+        seal_key_id: None,
+    };
+    let sorted = |set: std::collections::HashSet<String>| {
+        let mut v: Vec<_> = set.into_iter().collect();
+        v.sort();
+        v
+    };
+    let ids = |range: std::ops::Range<usize>| range.map(|i| format!("m-{i}")).collect::<Vec<_>>();
+    // Forced each way: COPY whatever the size, and INSERT ... SELECT FROM unnest whatever the size.
+    for (offset, unnest_below) in [(0, 0), (100, usize::MAX)] {
+        let sink = CopySink::new(&db.url, 1).with_unnest_below(unnest_below);
+        let new: Vec<_> = (offset..offset + 10).map(|i| login(i, i)).collect();
+        let written = sink.write(&new, &[record(offset + 10)]).await.unwrap();
+        assert_eq!((written.logins.len(), written.quarantined.len()), (10, 1), "unnest below {unnest_below}");
+        // 5 stored with their own bodies (duplicates), one stored under another body (a conflict), a
+        // record's key as a login (a duplicate: one fate), 4 new of which one twice in the batch.
+        let mut mixed: Vec<_> = (offset + 5..offset + 9).map(|i| login(i, i)).collect();
+        mixed.push(login(offset + 9, 999));
+        mixed.push(login(offset + 10, offset + 10));
+        mixed.extend((offset + 11..offset + 15).map(|i| login(i, i)));
+        mixed.push(login(offset + 11, offset + 11));
+        let written = sink.write(&mixed, &[]).await.unwrap();
+        assert_eq!(sorted(written.logins), ids(offset + 11..offset + 15), "unnest below {unnest_below}");
+        assert_eq!(sorted(written.conflicts), ids(offset + 9..offset + 10), "unnest below {unnest_below}");
+        assert!(written.quarantined.is_empty());
+    }
+    assert_eq!(db.rows().await, 28);
+    assert_eq!(db.count("SELECT count(*) AS n FROM message_claims").await, 30);
+    assert_eq!(db.count("SELECT count(*) AS n FROM quarantined_messages").await, 2);
+    let sealed = "SELECT count(*) AS n FROM user_logins WHERE ip_sealed = '\\x010203' AND seal_key_id = 's'";
+    assert_eq!(db.count(sealed).await, 10, "both paths write every column");
+    assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE locale = 'DE'").await, 14);
+}
+
 #[tokio::test]
 async fn statements_cancelled_mid_write_are_retried_never_quarantined_on_either_sink() {
     use diesel_async::{AsyncConnection, RunQueryDsl};
