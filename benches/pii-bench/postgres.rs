@@ -214,7 +214,7 @@ async fn psql_copy(server: &str, database: &str, export: &Export, lines: usize, 
 }
 
 /// Batch sizes at which the sink's two statements are compared.
-const PATH_BATCHES: [usize; 4] = [10, 100, 1000, 5000];
+const PATH_BATCHES: [usize; 6] = [10, 100, 250, 500, 1000, 5000];
 
 /// Rows/s of the sink writing batches of each of [`PATH_BATCHES`] rows by COPY and by `INSERT ...
 /// SELECT FROM unnest`, one writer, claims and rows in one transaction a batch as always; the tables

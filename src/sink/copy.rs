@@ -25,20 +25,25 @@ use std::pin::pin;
 use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 
+use super::binary::{BinaryRows, Chunk};
 use super::claims::{COPY_CLAIMS, ClaimRows, Claimed, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
 use super::partitions::Months;
 use super::unnest::{self, INSERT_LOGINS};
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
 /// Batches of fewer rows and records than this are written by `INSERT ... SELECT FROM unnest(...)`,
-/// larger ones by binary COPY (measured by `pii-bench`'s "COPY vs UNNEST" rows, one writer, rows/s of
-/// UNNEST over COPY: see docs/scaling.md, "The write path").
-pub const UNNEST_BELOW: usize = 1000;
+/// larger ones by binary COPY. Measured by `pii-bench` (one writer, rows/s of UNNEST over COPY, two
+/// runs on the shared 2-core machine): 0.96 and 1.02 at 10 rows a transaction, 1.04 and 0.99 at 100,
+/// 0.63 at 250, 0.80 at 500, 0.83 and 0.87 at 1000, 0.63 and 0.82 at 5000. Up to about 100 rows the
+/// two tie: the commit's flush dominates. Past that COPY wins, because per row `INSERT ... ON
+/// CONFLICT` pays a speculative insertion and `INSERT ... SELECT` a heap insert each, where COPY
+/// inserts in batches. Under 100 rows UNNEST takes it for its two round trips fewer (4 against 6),
+/// which a network between the ingester and Postgres makes worth more than loopback shows.
+pub const UNNEST_BELOW: usize = 100;
 
 macro_rules! login_columns {
     () => {
@@ -49,26 +54,6 @@ macro_rules! login_columns {
 
 const COPY_LOGINS: &str = concat!("COPY user_logins (", login_columns!(), ") FROM STDIN BINARY");
 
-/// The column types of `user_logins` itself, for the direct COPY.
-const TABLE_TYPES: [Type; 13] = [
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::BPCHAR,
-    Type::BPCHAR,
-    Type::VARCHAR,
-    Type::VARCHAR,
-    Type::DATE,
-    Type::TIMESTAMPTZ,
-    Type::VARCHAR,
-    Type::BYTEA,
-    Type::BYTEA,
-    Type::VARCHAR,
-];
-
-/// The column types of `message_claims`, for the optimistic COPY.
-const CLAIM_TYPES: [Type; 5] = [Type::VARCHAR, Type::BPCHAR, Type::VARCHAR, Type::VARCHAR, Type::DATE];
-
 const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
     (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id,
      body_sealed, seal_key_id)
@@ -78,7 +63,8 @@ const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
 /// baseline of `pii-bench`, so both copy exactly the same bytes).
 pub async fn copy_logins(tx: &Transaction<'_>, table: &str, logins: &[NewLogin]) -> Result<(), tokio_postgres::Error> {
     let rows: Vec<&NewLogin> = logins.iter().collect();
-    copy_rows(tx, &format!("COPY {table} ({}) FROM STDIN BINARY", login_columns!()), &rows).await
+    copy_rows(tx, &format!("COPY {table} ({}) FROM STDIN BINARY", login_columns!()), &rows).await?;
+    Ok(())
 }
 
 /// Binary COPY of login rows by `statement` (a `COPY ... FROM STDIN BINARY` of [`login_columns`]).
@@ -86,29 +72,27 @@ async fn copy_rows<T: ?Sized + ToStatement>(
     tx: &Transaction<'_>,
     statement: &T,
     logins: &[&NewLogin],
-) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(statement).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &TABLE_TYPES));
+) -> Result<u64, tokio_postgres::Error> {
+    let mut sink = pin!(tx.copy_in::<_, Chunk>(statement).await?);
+    let mut out = BinaryRows::new();
     for row in logins {
-        let values: [&(dyn ToSql + Sync); 13] = [
-            &row.message_id,
-            &row.user_id,
-            &row.device_type,
-            &row.masked_ip,
-            &row.masked_device_id,
-            &row.locale,
-            &row.app_version,
-            &row.create_date,
-            &row.sent_at,
-            &row.mask_key_id,
-            &row.ip_sealed,
-            &row.device_id_sealed,
-            &row.seal_key_id,
-        ];
-        writer.as_mut().write(&values).await?;
+        out.row(13);
+        out.text(&row.message_id);
+        out.text(&row.user_id);
+        out.text(&row.device_type);
+        out.text(&row.masked_ip);
+        out.text(&row.masked_device_id);
+        out.optional_text(row.locale.as_deref());
+        out.text(&row.app_version);
+        out.date(row.create_date);
+        out.timestamptz(row.sent_at);
+        out.text(&row.mask_key_id);
+        out.optional_bytes(row.ip_sealed.as_deref());
+        out.optional_bytes(row.device_id_sealed.as_deref());
+        out.optional_text(row.seal_key_id.as_deref());
+        out.send_full(sink.as_mut()).await?;
     }
-    writer.finish().await?;
-    Ok(())
+    out.finish(sink.as_mut()).await
 }
 
 /// The statements of a writer, prepared once per connection (a statement given as text would be
@@ -382,14 +366,19 @@ async fn copy_claims(
     prelude: &str,
     rows: &ClaimRows<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (_, sink) = futures::try_join!(tx.batch_execute(prelude), tx.copy_in(statement))?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &CLAIM_TYPES));
+    let (_, sink) = futures::try_join!(tx.batch_execute(prelude), tx.copy_in::<_, Chunk>(statement))?;
+    let mut sink = pin!(sink);
+    let mut out = BinaryRows::new();
     for i in 0..rows.keys.len() {
-        let values: [&(dyn ToSql + Sync); 5] =
-            [&rows.keys[i], &rows.fingerprints[i], &rows.key_ids[i], &rows.fates[i], &rows.dates[i]];
-        writer.as_mut().write(&values).await?;
+        out.row(5);
+        out.text(rows.keys[i]);
+        out.text(rows.fingerprints[i]);
+        out.text(rows.key_ids[i]);
+        out.text(rows.fates[i]);
+        out.date(rows.dates[i]);
+        out.send_full(sink.as_mut()).await?;
     }
-    writer.finish().await?;
+    out.finish(sink.as_mut()).await?;
     Ok(())
 }
 

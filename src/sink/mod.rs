@@ -12,6 +12,7 @@
 //! that finds the database read-only (a failover left it on a replica), so the next write connects
 //! afresh, to whatever primary the address now names.
 
+mod binary;
 pub mod claims;
 pub mod copy;
 mod error;

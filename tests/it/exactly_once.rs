@@ -215,8 +215,10 @@ async fn both_sinks_insert_only_new_ids_when_a_batch_mixes_new_and_stored_ones()
     assert_eq!(db.rows().await, 30);
 }
 
-/// A login keyed `m-{i}` whose body fingerprint is `body`.
+/// A login keyed `m-{i}` whose body fingerprint is `body`, sent 2026-03-04T05:06:07.123456Z (a month
+/// whose partition the sink creates).
 fn login(i: usize, body: usize) -> pii_ingest::sink::NewLogin {
+    let sent_at = chrono::DateTime::from_timestamp(1_772_600_767, 123_456_000).unwrap();
     pii_ingest::sink::NewLogin {
         message_id: format!("m-{i}"),
         user_id: format!("u-{i}"),
@@ -225,8 +227,8 @@ fn login(i: usize, body: usize) -> pii_ingest::sink::NewLogin {
         masked_device_id: "b".repeat(64),
         locale: (i % 2 == 0).then(|| "DE".into()),
         app_version: "1.0".into(),
-        create_date: chrono::Utc::now().date_naive(),
-        sent_at: chrono::Utc::now(),
+        create_date: sent_at.date_naive(),
+        sent_at,
         mask_key_id: "k".into(),
         ip_sealed: (i % 3 == 0).then(|| vec![1, 2, 3]),
         device_id_sealed: None,
@@ -283,6 +285,9 @@ async fn the_copy_sink_keeps_every_claim_rule_by_copy_and_by_unnest_alike() {
     let sealed = "SELECT count(*) AS n FROM user_logins WHERE ip_sealed = '\\x010203' AND seal_key_id = 's'";
     assert_eq!(db.count(sealed).await, 10, "both paths write every column");
     assert_eq!(db.count("SELECT count(*) AS n FROM user_logins WHERE locale = 'DE'").await, 14);
+    let dated = "SELECT count(*) AS n FROM user_logins_2026_03 \
+                 WHERE sent_at = '2026-03-04 05:06:07.123456+00' AND create_date = '2026-03-04'";
+    assert_eq!(db.count(dated).await, 28, "both paths write dates and times alike");
 }
 
 #[tokio::test]
