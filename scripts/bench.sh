@@ -5,8 +5,11 @@
 #     pii-ingest pinned to the bare drain's concurrency vs a bare receive+delete drain (same queue
 #     size; the bare drain runs before and after pii-ingest and the baseline is their mean, as the
 #     emulator drifts), and pii-ingest with default (self-sizing) receivers vs itself at 0 ms,
-#   Postgres write path (replay) vs a bare binary COPY of the same rows (as many streams as writers;
-#     rounds interleaved, medians),
+#   Postgres write path (replay) vs psql's \copy of the final rows a replay leaves (user_logins,
+#     message_claims, quarantined_messages, into a freshly migrated database; one psql, and one psql per
+#     table at once), plus a bare binary COPY of the rows (as many streams as writers); rounds
+#     interleaved, medians; then the sink's COPY vs INSERT ... SELECT FROM unnest at 10 to 5000 rows a
+#     transaction (PII_BENCH_DB_TAG suffixes the database names),
 #   peak RSS and CPU while draining, and sent->commit latency at half the measured rate.
 # Arguments go to pii-bench: --messages N (30000 per drain) --rtt-ms 0,20,50 --rows N (200000) --rounds R (5) --receivers N (8)
 #   --latency-seconds S (20; 0 skips) --backlog N (0; 1000000 is the figure, ~10 more minutes)

@@ -4,8 +4,9 @@
 //!
 //! - SQS side: a bare drain (ReceiveMessage 10 + DeleteMessageBatch, no work, same concurrency) of N
 //!   messages, then `pii-ingest run --until-empty` on another N-message queue.
-//! - Postgres side: a bare binary COPY of M masked rows into a copy of `user_logins`, then
-//!   `pii-ingest replay` of the same M lines (parse, mask, ledger, dedup, one transaction per batch).
+//! - Postgres side: `pii-ingest replay` of M lines (parse, mask, ledger, dedup, one transaction per
+//!   batch) against psql's `\copy` of the final rows it leaves, and a bare binary COPY of the M masked
+//!   rows; the sink's COPY against `INSERT ... SELECT FROM unnest` at several batch sizes.
 //! - Peak RSS of the ingester while it drains, and SentTimestamp-to-commit latency at half of the
 //!   measured drain rate.
 

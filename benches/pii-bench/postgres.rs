@@ -179,10 +179,8 @@ fn psql_wait(mut child: std::process::Child, commands: &[String]) -> anyhow::Res
 fn export_final_rows(url: &str, work: &Path) -> anyhow::Result<Export> {
     let dir = work.join("final-rows");
     std::fs::create_dir_all(&dir)?;
-    let commands: Vec<String> = FINAL_TABLES
-        .iter()
-        .map(|t| format!("\\copy (SELECT * FROM {t}) TO '{}'", dir.join(t).display()))
-        .collect();
+    let commands: Vec<String> =
+        FINAL_TABLES.iter().map(|t| format!("\\copy (SELECT * FROM {t}) TO '{}'", dir.join(t).display())).collect();
     psql(url, &commands)?;
     let output = Command::new("psql")
         .args(["-X", "-A", "-t", "-d", url, "-c", "SELECT array_agg(DISTINCT create_date) FROM user_logins"])
@@ -222,7 +220,8 @@ const PATH_BATCHES: [usize; 6] = [10, 100, 250, 500, 1000, 5000];
 async fn copy_vs_unnest(args: &Args, database: &str, table: &mut Vec<Row>) -> anyhow::Result<()> {
     let url = fresh_database(&args.postgres, database).await?;
     let total = |batch: usize| (batch * 200).clamp(5_000, 50_000);
-    let lines: Vec<String> = seed::generate(total(5000), seed::Mix::default(), 13).into_iter().map(|o| o.body).collect();
+    let lines: Vec<String> =
+        seed::generate(total(5000), seed::Mix::default(), 13).into_iter().map(|o| o.body).collect();
     let rows = masked_rows(&lines, "path")?;
     let admin = db::connect_client(&url).await?;
     let sinks = [CopySink::new(&url, 1).with_unnest_below(0), CopySink::new(&url, 1).with_unnest_below(usize::MAX)];
@@ -244,7 +243,10 @@ async fn copy_vs_unnest(args: &Args, database: &str, table: &mut Vec<Row>) -> an
     for (&batch, [copy, unnest]) in PATH_BATCHES.iter().zip(&mut rates) {
         let (copy, unnest) = (median(copy), median(unnest));
         table.push(Row {
-            measure: format!("UNNEST vs COPY, rows/s at {batch} rows a transaction (one writer, {} rows)", total(batch)),
+            measure: format!(
+                "UNNEST vs COPY, rows/s at {batch} rows a transaction (one writer, {} rows)",
+                total(batch)
+            ),
             value: format!("{unnest:.0}"),
             baseline: format!("{copy:.0} COPY"),
             ratio: Some(unnest / copy),

@@ -26,23 +26,24 @@ use std::collections::{HashMap, HashSet};
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, ToStatement, Transaction};
 
 use super::binary::{BinaryRows, Chunk};
-use super::claims::{COPY_CLAIMS, ClaimRows, Claimed, INSERT_CLAIMS, SELECT_CLAIMS, StoredClaim, keep_claimed};
+use super::claims::{ClaimRows, Claimed, StoredClaim, keep_claimed};
 use super::partitions::Months;
-use super::unnest::{self, INSERT_LOGINS};
+use super::statements::{Statements, insert_quarantined, stored_claims, stored_claims_in};
+use super::unnest;
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
 /// Batches of fewer rows and records than this are written by `INSERT ... SELECT FROM unnest(...)`,
-/// larger ones by binary COPY. Measured by `pii-bench` (one writer, rows/s of UNNEST over COPY, two
-/// runs on the shared 2-core machine): 0.96 and 1.02 at 10 rows a transaction, 1.04 and 0.99 at 100,
-/// 0.63 at 250, 0.80 at 500, 0.83 and 0.87 at 1000, 0.63 and 0.82 at 5000. Up to about 100 rows the
-/// two tie: the commit's flush dominates. Past that COPY wins, because per row `INSERT ... ON
-/// CONFLICT` pays a speculative insertion and `INSERT ... SELECT` a heap insert each, where COPY
-/// inserts in batches. Under 100 rows UNNEST takes it for its two round trips fewer (4 against 6),
-/// which a network between the ingester and Postgres makes worth more than loopback shows.
+/// larger ones by binary COPY. Measured by `pii-bench` (one writer, rows/s of UNNEST over COPY, three
+/// runs on the shared 2-core machine, 2026-12-01): 0.96, 1.02, 1.01 at 10 rows a transaction; 1.04,
+/// 0.99, 1.01 at 100; 0.63, 0.86 at 250; 0.80, 0.70 at 500; 0.83, 0.87, 0.82 at 1000; 0.63, 0.82,
+/// 0.71 at 5000. Up to 100 rows the two tie: the commit's flush dominates. Past that COPY wins,
+/// because per row `INSERT ... ON CONFLICT` pays a speculative insertion and `INSERT ... SELECT` a
+/// heap insert each, where COPY inserts in batches. Under 100 rows UNNEST takes it for its two round
+/// trips fewer (4 against 6), which a network between the ingester and Postgres makes worth more
+/// than loopback shows.
 pub const UNNEST_BELOW: usize = 100;
 
 macro_rules! login_columns {
@@ -52,12 +53,7 @@ macro_rules! login_columns {
     };
 }
 
-const COPY_LOGINS: &str = concat!("COPY user_logins (", login_columns!(), ") FROM STDIN BINARY");
-
-const INSERT_QUARANTINED: &str = "INSERT INTO quarantined_messages
-    (message_id, reason, field, detail, masked_body, body_hmac, body_bytes, receive_count, sent_at, mask_key_id,
-     body_sealed, seal_key_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+pub(super) const COPY_LOGINS: &str = concat!("COPY user_logins (", login_columns!(), ") FROM STDIN BINARY");
 
 /// Binary COPY of login rows into `table`, a table shaped like `user_logins` (also the bare-COPY
 /// baseline of `pii-bench`, so both copy exactly the same bytes).
@@ -93,32 +89,6 @@ async fn copy_rows<T: ?Sized + ToStatement>(
         out.send_full(sink.as_mut()).await?;
     }
     out.finish(sink.as_mut()).await
-}
-
-/// The statements of a writer, prepared once per connection (a statement given as text would be
-/// prepared again on every use: one more round trip each).
-struct Statements {
-    copy_claims: Statement,
-    copy_logins: Statement,
-    insert_claims: Statement,
-    insert_logins: Statement,
-    select_claims: Statement,
-    insert_quarantined: Statement,
-}
-
-impl Statements {
-    /// All of them, in one round trip.
-    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
-        let (copy_claims, copy_logins, insert_claims, insert_logins, select_claims, insert_quarantined) = futures::try_join!(
-            client.prepare(COPY_CLAIMS),
-            client.prepare(COPY_LOGINS),
-            client.prepare(INSERT_CLAIMS),
-            client.prepare(INSERT_LOGINS),
-            client.prepare(SELECT_CLAIMS),
-            client.prepare(INSERT_QUARANTINED),
-        )?;
-        Ok(Statements { copy_claims, copy_logins, insert_claims, insert_logins, select_claims, insert_quarantined })
-    }
 }
 
 /// One COPY connection: the client, and the task that drives its socket (aborted when the
@@ -314,7 +284,8 @@ async fn write_once(
     } else {
         let claimed = unnest::claim(&tx, &statements.insert_claims, prelude, &rows).await?;
         let others = rows.others(&claimed);
-        let stored = if others.is_empty() { HashMap::new() } else { stored_claims_in(&tx, statements, &others).await? };
+        let stored =
+            if others.is_empty() { HashMap::new() } else { stored_claims_in(&tx, statements, &others).await? };
         (claimed, rows.conflicts(&stored))
     };
     let logins = keep_claimed(logins, |l| &l.message_id, &mut claimed);
@@ -335,28 +306,6 @@ async fn write_once(
     }
     tx.commit().await?;
     Ok(Some(written))
-}
-
-async fn insert_quarantined(
-    tx: &Transaction<'_>,
-    statement: &Statement,
-    q: &NewQuarantined,
-) -> Result<u64, tokio_postgres::Error> {
-    let params: [&(dyn ToSql + Sync); 12] = [
-        &q.message_id,
-        &q.reason,
-        &q.field,
-        &q.detail,
-        &q.masked_body,
-        &q.body_hmac,
-        &q.body_bytes,
-        &q.receive_count,
-        &q.sent_at,
-        &q.mask_key_id,
-        &q.body_sealed,
-        &q.seal_key_id,
-    ];
-    tx.execute(statement, &params).await
 }
 
 /// The COPY of the claims, started in the same round trip as `prelude` (which runs first).
@@ -380,24 +329,4 @@ async fn copy_claims(
     }
     out.finish(sink.as_mut()).await?;
     Ok(())
-}
-
-async fn stored_claims(
-    client: &Client,
-    statement: &Statement,
-    keys: &[String],
-) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
-    Ok(client.query(statement, &[&keys]).await?.iter().map(stored_claim).collect())
-}
-
-async fn stored_claims_in(
-    tx: &Transaction<'_>,
-    statements: &Statements,
-    keys: &[&str],
-) -> Result<HashMap<String, StoredClaim>, tokio_postgres::Error> {
-    Ok(tx.query(&statements.select_claims, &[&keys]).await?.iter().map(stored_claim).collect())
-}
-
-fn stored_claim(row: &tokio_postgres::Row) -> (String, StoredClaim) {
-    (row.get(0), StoredClaim { fingerprint: row.get(1), key_id: row.get(2) })
 }

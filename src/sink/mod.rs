@@ -18,6 +18,7 @@ pub mod copy;
 mod error;
 pub mod insert;
 pub mod partitions;
+mod statements;
 mod unnest;
 
 use std::collections::{HashMap, HashSet};

@@ -17,7 +17,6 @@ use chrono::{Datelike, NaiveDate};
 use diesel::sql_types::{Array, Date, Integer};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-
 /// Months after the current one whose partitions are made ahead of time.
 pub const MONTHS_AHEAD: u32 = 2;
 

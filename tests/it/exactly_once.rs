@@ -225,14 +225,14 @@ fn login(i: usize, body: usize) -> pii_ingest::sink::NewLogin {
         device_type: "ios".into(),
         masked_ip: "a".repeat(64),
         masked_device_id: "b".repeat(64),
-        locale: (i % 2 == 0).then(|| "DE".into()),
+        locale: i.is_multiple_of(2).then(|| "DE".into()),
         app_version: "1.0".into(),
         create_date: sent_at.date_naive(),
         sent_at,
         mask_key_id: "k".into(),
-        ip_sealed: (i % 3 == 0).then(|| vec![1, 2, 3]),
+        ip_sealed: i.is_multiple_of(3).then(|| vec![1, 2, 3]),
         device_id_sealed: None,
-        seal_key_id: (i % 3 == 0).then(|| "s".into()),
+        seal_key_id: i.is_multiple_of(3).then(|| "s".into()),
         body_fingerprint: format!("{body:064}"),
     }
 }
