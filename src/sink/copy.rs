@@ -36,14 +36,13 @@ use super::unnest;
 use super::{NewLogin, NewQuarantined, SinkError, WriteLimits, Written};
 
 /// Batches of fewer rows and records than this are written by `INSERT ... SELECT FROM unnest(...)`,
-/// larger ones by binary COPY. Measured by `pii-bench` (one writer, rows/s of UNNEST over COPY, three
-/// runs on the shared 2-core machine, 2026-12-01): 0.96, 1.02, 1.01 at 10 rows a transaction; 1.04,
-/// 0.99, 1.01 at 100; 0.63, 0.86 at 250; 0.80, 0.70 at 500; 0.83, 0.87, 0.82 at 1000; 0.63, 0.82,
-/// 0.71 at 5000. Up to 100 rows the two tie: the commit's flush dominates. Past that COPY wins,
+/// larger ones by binary COPY. Measured by `pii-bench` (one writer, rows/s of UNNEST over COPY, four
+/// runs on the shared 2-core machine, 2026-12-01): 0.96, 1.02, 1.01, 1.14 at 10 rows a transaction;
+/// 1.04, 0.99, 1.01, 0.92 at 100; 0.63, 0.86, 0.81 at 250; 0.80, 0.70, 0.81 at 500; 0.83, 0.87, 0.82,
+/// 0.84 at 1000; 0.63, 0.82, 0.71, 0.68 at 5000. Small transactions are bound by the commit's flush
+/// and tie or favour UNNEST, which also saves two round trips (4 against 6). From 100 rows COPY wins,
 /// because per row `INSERT ... ON CONFLICT` pays a speculative insertion and `INSERT ... SELECT` a
-/// heap insert each, where COPY inserts in batches. Under 100 rows UNNEST takes it for its two round
-/// trips fewer (4 against 6), which a network between the ingester and Postgres makes worth more
-/// than loopback shows.
+/// heap insert each, where COPY inserts in batches.
 pub const UNNEST_BELOW: usize = 100;
 
 macro_rules! login_columns {
