@@ -20,7 +20,7 @@ const KEY_CONFLICT: &str = "key_conflict";
 pub(super) const INSERT_CLAIMS: &str = "INSERT INTO message_claims
     (dedup_key, body_fingerprint, fingerprint_key_id, fate, create_date)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[])
-    ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key";
+    ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key::text";
 
 /// The optimistic binary COPY of the claims (most batches claim only new keys).
 pub(super) const COPY_CLAIMS: &str =

@@ -65,10 +65,19 @@ impl SinkError {
         }
     }
 
-    /// Whether the connection that failed must not be used again: it stopped answering, or it is
-    /// bound to a server that is read-only (after a failover, a new connection finds the primary).
+    /// Whether the connection that failed must not be used again: it stopped answering, it is bound
+    /// to a server that is read-only (after a failover, a new connection finds the primary), or it is
+    /// the COPY sink's and failed for any reason but the rows. That sink prepares its statements once
+    /// per connection, and a prepared statement can fail on every later use: a migration changed a
+    /// type it returns (0A000, "cached plan must not change result type"), or a pooler in transaction
+    /// mode lost it (26000). A new connection prepares them again; keeping the old one would retry the
+    /// same failure until the batch was split and wrongly refused.
     pub fn drops_connection(&self) -> bool {
-        matches!(self, SinkError::Timeout { .. }) || self.is_read_only()
+        match self {
+            SinkError::Timeout { .. } => true,
+            SinkError::Copy(error) => sqlstate_disposition(error) == Disposition::Retry,
+            _ => self.is_read_only(),
+        }
     }
 
     /// A short, value-free description for logs and quarantine details. Postgres' own message is

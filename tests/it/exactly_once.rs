@@ -291,6 +291,30 @@ async fn the_copy_sink_keeps_every_claim_rule_by_copy_and_by_unnest_alike() {
 }
 
 #[tokio::test]
+async fn the_copy_sink_keeps_writing_after_a_migration_changes_the_claims_key_type() {
+    use pii_ingest::sink::CopySink;
+    let db = TestDb::new().await;
+    let admin = pii_ingest::db::connect_client(&db.url).await.unwrap();
+    // One connection each, so the second write reuses the statements the first one prepared.
+    for (offset, unnest_below) in [(0, 0), (100, usize::MAX)] {
+        admin.batch_execute("ALTER TABLE message_claims ALTER COLUMN dedup_key TYPE varchar(256)").await.unwrap();
+        let sink = CopySink::new(&db.url, 1).with_unnest_below(unnest_below);
+        let first: Vec<_> = (offset..offset + 5).map(|i| login(i, i)).collect();
+        assert_eq!(sink.write(&first, &[]).await.unwrap().logins.len(), 5);
+        // A later migration widens the key: what the prepared claim statement returns changes type.
+        admin.batch_execute("ALTER TABLE message_claims ALTER COLUMN dedup_key TYPE text").await.unwrap();
+        let mut second: Vec<_> = (offset + 3..offset + 10).map(|i| login(i, i)).collect();
+        second.push(login(offset + 2, 999));
+        let written = sink.write(&second, &[]).await.expect("the write right after the migration");
+        assert_eq!(written.logins.len(), 5, "unnest below {unnest_below}: 3 duplicates, 5 new");
+        assert_eq!(written.conflicts.len(), 1, "unnest below {unnest_below}");
+        let keys: Vec<String> = (offset..offset + 10).map(|i| format!("m-{i}")).collect();
+        assert_eq!(sink.claims(&keys).await.unwrap().len(), 10, "unnest below {unnest_below}");
+    }
+    assert_eq!(db.rows().await, 20);
+}
+
+#[tokio::test]
 async fn statements_cancelled_mid_write_are_retried_never_quarantined_on_either_sink() {
     use diesel_async::{AsyncConnection, RunQueryDsl};
     for insert in [false, true] {
