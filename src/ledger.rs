@@ -12,29 +12,33 @@
 //! ## Layout
 //! sled holds a *journal*: one entry per committed batch (up to [`IDS_PER_ENTRY`] ids), keyed by a
 //! sequence number, valued with the record time and the batch's 16-byte id keys. Lookups never touch
-//! sled: the keys live in an in-memory set, rebuilt from the journal when the store opens. One sled
-//! write per batch instead of one per id is the point: sled 0.34 spends about 6 µs of CPU and 80 bytes
-//! of memory per key, which was two thirds of the CPU of a drain. The set costs 17 to 34 bytes per id
-//! (hashbrown's power-of-two tables), bounded by `max_entries`: past it the oldest batches are
-//! evicted, which only turns a later redelivery of those ids into a database round trip.
+//! sled: the keys' 64-bit fingerprints live in an in-memory table ([`fingerprints`]), rebuilt from the
+//! journal when the store opens. One sled write per batch instead of one per id is the point: sled
+//! 0.34 spends about 6 µs of CPU and 80 bytes of memory per key, which was two thirds of the CPU of a
+//! drain. The table costs about 10.7 bytes per id, allocated once for `max_entries`: past it the
+//! oldest batches are evicted, which only turns a later redelivery of those ids into a database
+//! round trip.
 //!
 //! An id's key is its 16 UUID bytes when it is a lowercase hyphenated UUID (SQS message ids are), else
-//! the first 16 bytes of its SHA-256. Keys reveal nothing, and a false "seen" (which would delete a
-//! message that has no row) needs a 128-bit collision. No sled type escapes this file.
+//! the first 16 bytes of its SHA-256; keys reveal nothing. Two ids can share a fingerprint, so a hit
+//! may be false: that is why the pipeline skips a hit only once Postgres confirms its claim. No sled
+//! type escapes this file.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod fingerprints;
 mod keys;
 
-use keys::{KeyHasher, key};
+use fingerprints::Fingerprints;
+use keys::key;
 
 /// Ids per journal entry: a batch of 1,000 rows is one sled write of about 16 KiB.
 pub const IDS_PER_ENTRY: usize = 1024;
 
-/// Default cap on the ids held (`ledger.max_entries`): at most ~34 MiB of set.
+/// Default cap on the ids held (`ledger.max_entries`): a table of about 10.7 MiB.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
 /// Errors that stop the ledger from being usable at all.
@@ -81,7 +85,7 @@ struct Store {
 }
 
 struct Index {
-    keys: HashSet<u128, KeyHasher>,
+    keys: Fingerprints,
     /// Sequence numbers of the journal entries held, oldest first.
     entries: VecDeque<u64>,
     next_seq: u64,
@@ -135,21 +139,36 @@ impl Ledger {
         Ledger { store: None }
     }
 
-    /// Caps the ids held, evicting the oldest batches now if there are more.
+    /// Caps the ids held, evicting the oldest batches now if there are more, and sizes the table for
+    /// the cap.
     pub fn with_max_entries(self, max_entries: usize) -> Ledger {
         if let Some(store) = &self.store {
             let mut index = store.write();
             index.max_entries = max_entries.max(1);
-            store.evict(&mut index);
+            store.evict(&mut index, 0);
+            if index.keys.limit() != index.max_entries {
+                index.keys = index.keys.resized(index.max_entries);
+            }
         }
         self
+    }
+
+    /// A ledger whose ids all share one fingerprint: once it holds one id, every lookup is a hit, all
+    /// but one of them false. For tests of what collisions cost.
+    #[cfg(test)]
+    pub(crate) fn colliding() -> Ledger {
+        let ledger = Ledger::temporary();
+        if let Some(store) = &ledger.store {
+            store.write().keys = Fingerprints::colliding(DEFAULT_MAX_ENTRIES);
+        }
+        ledger
     }
 
     /// Whether `id` was recorded as committed.
     pub fn contains(&self, id: &str) -> bool {
         let Some(store) = &self.store else { return false };
         let key = key(id);
-        store.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys.contains(&key)
+        store.index.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys.contains(key)
     }
 
     /// Records ids whose transaction has committed. A write error is logged and ignored: the database
@@ -230,8 +249,11 @@ impl Store {
             db.clear().map_err(LedgerError::Io)?;
         }
         let journal = db.open_tree("journal").map_err(LedgerError::Io)?;
+        // The table is sized for the ids the journal holds (or the default cap, if more), so that a
+        // journal written under a larger `max_entries` loads whole; `with_max_entries` resizes it.
+        let held: usize = journal.iter().values().filter_map(Result::ok).filter_map(|v| keys_of(&v).map(Iterator::count)).sum();
         let mut index = Index {
-            keys: HashSet::with_hasher(KeyHasher::new()),
+            keys: Fingerprints::with_capacity(held.max(DEFAULT_MAX_ENTRIES)),
             entries: VecDeque::new(),
             next_seq: 0,
             max_entries: DEFAULT_MAX_ENTRIES,
@@ -253,7 +275,9 @@ impl Store {
                 malformed.push(seq.to_be_bytes().as_slice().into());
                 continue;
             };
-            index.keys.extend(keys);
+            for key in keys {
+                index.keys.insert(key);
+            }
             index.entries.push_back(seq);
             index.next_seq = seq + 1;
         }
@@ -264,7 +288,7 @@ impl Store {
             }
         }
         let store = Store { db, journal, index: RwLock::new(index) };
-        store.evict(&mut store.write());
+        store.evict(&mut store.write(), 0);
         Ok(store)
     }
 
@@ -275,6 +299,7 @@ impl Store {
             value.extend_from_slice(&key.to_be_bytes());
         }
         let mut index = self.write();
+        self.evict(&mut index, keys.len());
         let seq = index.next_seq;
         index.next_seq += 1;
         // Written under the lock so that journal order is sequence order and eviction never races an
@@ -283,14 +308,16 @@ impl Store {
             tracing::warn!(error = %error, "ledger write failed; redeliveries will be checked by the database");
             return;
         }
-        index.keys.extend(keys.iter().copied());
+        for &key in keys {
+            // Refused only when one batch alone exceeds the cap: those ids are misses later.
+            index.keys.insert(key);
+        }
         index.entries.push_back(seq);
-        self.evict(&mut index);
     }
 
-    /// Evicts the oldest batches while more ids than the cap are held.
-    fn evict(&self, index: &mut RwLockWriteGuard<'_, Index>) {
-        while index.keys.len() > index.max_entries && !index.entries.is_empty() {
+    /// Evicts the oldest batches until `room` more ids fit under the cap.
+    fn evict(&self, index: &mut RwLockWriteGuard<'_, Index>, room: usize) {
+        while index.keys.len() + room > index.max_entries && !index.entries.is_empty() {
             self.remove_oldest(index);
         }
     }
@@ -302,7 +329,7 @@ impl Store {
         match self.journal.remove(seq.to_be_bytes()) {
             Ok(Some(value)) => {
                 for key in keys_of(&value).into_iter().flatten() {
-                    index.keys.remove(&key);
+                    index.keys.remove(key);
                 }
             }
             Ok(None) => {}
@@ -330,8 +357,8 @@ fn stamp(value: &[u8]) -> u64 {
 }
 
 /// sled's page cache, in bytes. Its default (1 GiB) lets a process grow with every entry it writes;
-/// lookups never read sled, so a small cache costs nothing.
-const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// lookups never read sled and a journal entry is written once, so a small cache costs nothing.
+const CACHE_BYTES: u64 = 2 * 1024 * 1024;
 
 fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     sled::Config::new().path(path).cache_capacity(CACHE_BYTES).mode(sled::Mode::HighThroughput).open()
@@ -378,7 +405,7 @@ mod tests {
         let uuid = uuid::Uuid::new_v4();
         let forms =
             [uuid.hyphenated().to_string(), uuid.hyphenated().to_string().to_uppercase(), uuid.simple().to_string()];
-        let keys: HashSet<u128> = forms.iter().map(|f| key(f)).collect();
+        let keys: std::collections::HashSet<u128> = forms.iter().map(|f| key(f)).collect();
         assert_eq!(keys.len(), 3, "only the canonical form maps to the UUID's own bytes");
         assert_eq!(key(&forms[0]), uuid.as_u128());
     }

@@ -106,6 +106,23 @@ async fn process_skips_a_confirmed_ledger_hit_and_writes_an_unconfirmed_one() {
     assert!(p.source.deleted().contains(&"h-m0-2".to_owned()));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_ledger_whose_every_lookup_collides_costs_lookups_never_a_message() {
+    let mut p = unshared(Arc::new(MemorySource::default()));
+    p.ledger = Arc::new(Ledger::colliding());
+    let p = Arc::new(p);
+    process(&p, logins(0..1)).await;
+    // Every id now shares m0's fingerprint: each lookup is a hit that only Postgres can refute.
+    assert!(p.ledger.contains("sqs:never-recorded"));
+    let mut deliveries = logins(1..40);
+    deliveries.push(delivery("m0", 2, &login_body("u0")));
+    let report = process(&p, deliveries).await;
+    assert_eq!(p.sink.login_ids().len(), 40, "every message has its row");
+    assert_eq!((report.duplicate_ledger, report.ledger_unconfirmed, report.written), (1, 39, 40), "{report}");
+    assert_eq!(p.source.deleted().len(), 41);
+    assert!(report.reconciles(), "{report}");
+}
+
 // Real time: `run` ends by flushing the ledger on sled's own threads, which paused time would not
 // wait for (the clock would jump to the timeout while they work).
 #[tokio::test]
