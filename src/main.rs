@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log);
-    match cli.command.run(config).await {
+    match Box::pin(cli.command.run(config)).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -28,6 +28,9 @@ pub const MAX_BATCH: usize = 10;
 #[derive(Clone)]
 pub struct SqsSource {
     client: Client,
+    /// The same client with the long-poll wait added to its timeouts, for receives. Built once: a
+    /// per-call config override rebuilds the client's runtime components on every receive.
+    receive_client: Client,
     queue_url: String,
     wait_time_seconds: i32,
     /// Message attribute that carries a producer's idempotency key, if the config names one.
@@ -36,14 +39,16 @@ pub struct SqsSource {
     visibility_timeout: Duration,
     /// The queue's MaximumMessageSize, read at connect (1 MiB if unreadable).
     max_body_bytes: usize,
-    /// Timeouts of a receive: the configured ones plus the long-poll wait.
-    receive_timeouts: TimeoutConfig,
 }
 
 impl SqsSource {
     /// Resolves the queue named by `config` (its URL, or its name looked up) and checks it exists.
     pub async fn connect(config: &SqsConfig) -> Result<SqsSource, SourceError> {
-        let client = client(config).await;
+        let sdk = sdk_config(config).await;
+        let client = Client::new(&sdk);
+        let wait = Duration::from_secs(config.wait_time_seconds.into());
+        let receive_client =
+            Client::from_conf(aws_sdk_sqs::config::Builder::from(&sdk).timeout_config(timeouts(config, wait)).build());
         let queue_url = match &config.queue_url {
             Some(url) => url.clone(),
             None => queue_url(&client, &config.queue_name).await?,
@@ -52,13 +57,12 @@ impl SqsSource {
             return Err(SourceError::FifoUnsupported(queue_url));
         }
         let (visibility_timeout, max_body_bytes) = read_queue_limits(&client, &queue_url).await?;
-        let wait = Duration::from_secs(config.wait_time_seconds.into());
         Ok(SqsSource {
             client,
+            receive_client,
             queue_url,
             visibility_timeout,
             max_body_bytes,
-            receive_timeouts: timeouts(config, wait),
             wait_time_seconds: config.wait_time_seconds as i32,
             idempotency_attribute: config.idempotency_key_attribute.clone().filter(|a| !a.is_empty()),
         })
@@ -145,7 +149,7 @@ impl Source for SqsSource {
 
     async fn receive(&self, max_messages: usize) -> Result<Vec<Delivery>, SourceError> {
         let mut request = self
-            .client
+            .receive_client
             .receive_message()
             .queue_url(&self.queue_url)
             .max_number_of_messages(max_messages.clamp(1, MAX_BATCH) as i32)
@@ -157,8 +161,6 @@ impl Source for SqsSource {
         }
         request = request.message_attribute_names(key::ORIGIN_ATTRIBUTE);
         let output = request
-            .customize()
-            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(self.receive_timeouts.clone()))
             .send()
             .await
             .map_err(|e| sqs_error("ReceiveMessage", e))?;
@@ -266,8 +268,15 @@ fn timeouts(config: &SqsConfig, extra: Duration) -> TimeoutConfig {
 /// An SQS client for `config`: its endpoint (an emulator) if set, and static credentials if set,
 /// else the standard AWS credential chain. Every call is bounded by the configured timeouts.
 pub async fn client(config: &SqsConfig) -> Client {
+    Client::new(&sdk_config(config).await)
+}
+
+/// The SDK configuration of [`client`]. Stalled-stream protection is off: it arms a timer on every
+/// poll of every response body, and the attempt timeout already bounds a call that stops answering.
+async fn sdk_config(config: &SqsConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(config.region.clone()))
+        .stalled_stream_protection(aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled())
         .timeout_config(timeouts(config, Duration::ZERO));
     if let Some(endpoint) = &config.endpoint_url {
         loader = loader.endpoint_url(endpoint);
@@ -281,7 +290,7 @@ pub async fn client(config: &SqsConfig) -> Client {
             "pii-ingest-config",
         ));
     }
-    Client::new(&loader.load().await)
+    loader.load().await
 }
 
 /// The URL of the queue called `name`.
