@@ -18,10 +18,36 @@
 #     about 2 MiB/s here, so 1500 takes about 25 minutes; run it against a second emulator:
 #     PII_INGEST_EMULATOR_PORT=4577 scripts/emulator.sh start, then --sqs-endpoint http://127.0.0.1:4577)
 #   --skip-sqs --skip-postgres
+#   With --backlog, the same backlog is also drained by the ingester as it was before the performance
+#   work (commit PII_BENCH_BASELINE_REV, default 2e6fa15), built once into target/bench-baseline/, and
+#   the table gives peak RSS against the 64 MiB bound and CPU per million messages against that
+#   ingester's (target <= 0.50). --baseline-ingester PATH names another one.
 # Takes about 6 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 scripts/postgres.sh
 scripts/emulator.sh start
 scripts/build-bench.sh
-exec target/release/pii-bench "$@"
+
+extra=()
+wants_backlog=false
+for arg in "$@"; do
+  case "$arg" in
+    --backlog|--backlog=*) wants_backlog=true ;;
+    --baseline-ingester|--baseline-ingester=*) wants_backlog=false; break ;;
+  esac
+done
+if $wants_backlog; then
+  rev="${PII_BENCH_BASELINE_REV:-2e6fa15}"
+  dir="target/bench-baseline/$(git rev-parse --short "$rev")"
+  if [ ! -x "$dir/pii-ingest" ]; then
+    echo "== building the baseline ingester ($rev) into $dir (a cold release build, about 4 minutes)"
+    rm -rf "$dir/src"
+    mkdir -p "$dir/src"
+    git archive "$rev" | tar -x -C "$dir/src"
+    (cd "$dir/src" && CARGO_TARGET_DIR="$PWD/../target" cargo build --release --locked --bin pii-ingest)
+    cp "$dir/target/release/pii-ingest" "$dir/pii-ingest"
+  fi
+  extra=(--baseline-ingester "$dir/pii-ingest")
+fi
+exec target/release/pii-bench "$@" "${extra[@]}"

@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// figure is 1000000, which takes about 8 minutes here).
     #[arg(long, default_value_t = 0)]
     pub(crate) backlog: usize,
+    /// The ingester to compare the backlog's CPU with (scripts/bench.sh builds the one from before
+    /// this work into target/bench-baseline/).
+    #[arg(long)]
+    pub(crate) baseline_ingester: Option<std::path::PathBuf>,
     /// Also drain this many bodies of about 1 MiB (each with 4 small logins) and report peak RSS with
     /// default settings and with 5x the batch and 2x the receivers (0 skips it; the figure is
     /// 1500). Fed while the ingester drains, at most 40 large ones queued at a time.
