@@ -7,8 +7,7 @@ use std::time::Instant;
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, _) = pii_ingest::ledger::Ledger::open(&dir.path().join("ledger")).unwrap();
-    let ledger = ledger.with_max_entries(n);
+    let (ledger, _) = pii_ingest::ledger::Ledger::open(&dir.path().join("ledger"), n).unwrap();
     let started = Instant::now();
     let mut found = 0;
     for _ in 0..n / 10 {

@@ -222,6 +222,10 @@ mod tests {
         config.sqs.wait_time_seconds = 21;
         let error = config.validate().unwrap_err().to_string();
         assert_eq!(error, "configuration key `sqs.wait_time_seconds`: a number of seconds from 0 to 20");
+        let mut config = Config::default();
+        config.ledger.max_entries = usize::MAX;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with("configuration key `ledger.max_entries`: at most 100000000"), "{error}");
     }
 
     #[test]

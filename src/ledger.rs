@@ -41,6 +41,9 @@ pub const IDS_PER_ENTRY: usize = 1024;
 /// Default cap on the ids held (`ledger.max_entries`): a table of about 10.7 MiB.
 pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
+/// The largest `ledger.max_entries` accepted: a table of about 1 GiB.
+pub const MAX_ENTRIES_LIMIT: usize = 100_000_000;
+
 /// Errors that stop the ledger from being usable at all.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -93,8 +96,9 @@ struct Index {
 }
 
 impl Ledger {
-    /// Opens the store at `path`, moving an unreadable one aside, and loads its journal.
-    pub fn open(path: &Path) -> Result<(Ledger, Opened), LedgerError> {
+    /// Opens the store at `path`, moving an unreadable one aside, and loads its journal into a table
+    /// for `max_entries` ids (`ledger.max_entries`; the oldest batches past it are evicted).
+    pub fn open(path: &Path, max_entries: usize) -> Result<(Ledger, Opened), LedgerError> {
         let (db, opened) = match open_sled(path) {
             Ok(db) => (db, Opened::Existing),
             // Another live process holds it: it is not broken, and moving it aside would pull it
@@ -114,13 +118,13 @@ impl Ledger {
                 (db, Opened::MovedAside(aside))
             }
         };
-        Ok((Ledger { store: Some(Store::load(db)?) }, opened))
+        Ok((Ledger { store: Some(Store::load(db, Some(max_entries))?) }, opened))
     }
 
-    /// Opens an existing store without repairing or moving anything (for read-only reports).
+    /// Opens an existing store without repairing, moving or evicting anything (for read-only reports).
     pub fn open_existing(path: &Path) -> Result<Ledger, LedgerError> {
         let db = open_sled(path).map_err(|source| LedgerError::Open { path: path.to_owned(), source })?;
-        Ok(Ledger { store: Some(Store::load(db)?) })
+        Ok(Ledger { store: Some(Store::load(db, None)?) })
     }
 
     /// A ledger that lives in memory only (for replays and tests that want no local state).
@@ -130,7 +134,7 @@ impl Ledger {
             .cache_capacity(CACHE_BYTES)
             .open()
             .expect("a temporary sled store needs no disk");
-        Ledger { store: Some(Store::load(db).expect("an empty temporary store loads")) }
+        Ledger { store: Some(Store::load(db, Some(DEFAULT_MAX_ENTRIES)).expect("an empty temporary store loads")) }
     }
 
     /// A ledger that remembers nothing (`replay --no-ledger`): correct, since Postgres decides, and
@@ -240,25 +244,28 @@ impl Ledger {
 }
 
 impl Store {
-    /// Rebuilds the in-memory index from the journal. Malformed entries (a torn or foreign write) are
-    /// dropped with a warning; a read error ends the load with what was read so far.
-    fn load(db: sled::Db) -> Result<Store, LedgerError> {
+    /// Rebuilds the in-memory index from the journal, in a table for `max_entries` ids (evicting the
+    /// oldest batches past it), or with `None` for all the journal holds. Malformed entries (a torn or
+    /// foreign write) are dropped with a warning; a read error ends the load with what was read so far.
+    fn load(db: sled::Db, max_entries: Option<usize>) -> Result<Store, LedgerError> {
         // Stores written before the journal held one sled key per id in the default tree.
         if !db.is_empty() {
             tracing::info!(ledger.legacy_entries = db.len(), "dropping the ledger's per-id entries of an older layout");
             db.clear().map_err(LedgerError::Io)?;
         }
         let journal = db.open_tree("journal").map_err(LedgerError::Io)?;
-        // The table is sized for the ids the journal holds (or the default cap, if more), so that a
-        // journal written under a larger `max_entries` loads whole; `with_max_entries` resizes it.
-        let held: usize = journal.iter().values().filter_map(Result::ok).filter_map(|v| keys_of(&v).map(Iterator::count)).sum();
+        // Without a cap (a read-only report), room for every id the journal's entries can hold.
+        let max_entries = max_entries.unwrap_or_else(|| journal.len().saturating_mul(IDS_PER_ENTRY)).max(1);
         let mut index = Index {
-            keys: Fingerprints::with_capacity(held.max(DEFAULT_MAX_ENTRIES)),
+            keys: Fingerprints::with_capacity(max_entries),
             entries: VecDeque::new(),
             next_seq: 0,
-            max_entries: DEFAULT_MAX_ENTRIES,
+            max_entries,
         };
+        // First the entries' sizes, then the newest entries that fit under the cap: a journal written
+        // under a larger cap loses its oldest batches, never its newest.
         let mut malformed = Vec::new();
+        let mut sizes = Vec::new();
         for entry in journal.iter() {
             let (seq, value) = match entry {
                 Ok(entry) => entry,
@@ -267,19 +274,10 @@ impl Store {
                     break;
                 }
             };
-            let Some(seq) = seq.as_ref().try_into().ok().map(u64::from_be_bytes) else {
-                malformed.push(seq);
-                continue;
-            };
-            let Some(keys) = keys_of(&value) else {
-                malformed.push(seq.to_be_bytes().as_slice().into());
-                continue;
-            };
-            for key in keys {
-                index.keys.insert(key);
+            match (seq.as_ref().try_into().ok().map(u64::from_be_bytes), keys_of(&value).map(Iterator::count)) {
+                (Some(seq), Some(ids)) => sizes.push((seq, ids)),
+                _ => malformed.push(seq),
             }
-            index.entries.push_back(seq);
-            index.next_seq = seq + 1;
         }
         if !malformed.is_empty() {
             tracing::warn!(ledger.malformed = malformed.len(), "dropping malformed ledger journal entries");
@@ -287,9 +285,23 @@ impl Store {
                 let _ = journal.remove(seq);
             }
         }
-        let store = Store { db, journal, index: RwLock::new(index) };
-        store.evict(&mut store.write(), 0);
-        Ok(store)
+        let (mut first, mut ids) = (sizes.len(), 0);
+        while first > 0 && ids + sizes[first - 1].1 <= max_entries {
+            first -= 1;
+            ids += sizes[first].1;
+        }
+        for &(seq, _) in &sizes[..first] {
+            let _ = journal.remove(seq.to_be_bytes());
+        }
+        index.next_seq = sizes.last().map_or(0, |&(seq, _)| seq + 1);
+        for &(seq, _) in &sizes[first..] {
+            let Ok(Some(value)) = journal.get(seq.to_be_bytes()) else { continue };
+            for key in keys_of(&value).into_iter().flatten() {
+                index.keys.insert(key);
+            }
+            index.entries.push_back(seq);
+        }
+        Ok(Store { db, journal, index: RwLock::new(index) })
     }
 
     fn append(&self, keys: &[u128]) {
@@ -389,13 +401,13 @@ mod tests {
         let path = dir.path().join("ledger");
         let uuid = uuid::Uuid::new_v4().to_string();
         {
-            let (ledger, opened) = Ledger::open(&path).unwrap();
+            let (ledger, opened) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
             assert_eq!(opened, Opened::Existing);
             ledger.record(["a", "b", uuid.as_str()]);
             assert!(ledger.contains("a") && ledger.contains(&uuid) && !ledger.contains("c"));
             flush(&ledger);
         }
-        let (ledger, _) = Ledger::open(&path).unwrap();
+        let (ledger, _) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
         assert!(ledger.contains("b") && ledger.contains(&uuid));
         assert_eq!(ledger.len(), 3);
     }
@@ -416,7 +428,7 @@ mod tests {
         let path = dir.path().join("ledger");
         // A plain file where sled expects a directory: sled cannot open it.
         std::fs::write(&path, b"garbage").unwrap();
-        let (ledger, opened) = Ledger::open(&path).unwrap();
+        let (ledger, opened) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
         let Opened::MovedAside(aside) = opened else { panic!("expected the store to be moved aside") };
         assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
         assert!(ledger.is_empty());
@@ -429,14 +441,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger");
         {
-            let (ledger, _) = Ledger::open(&path).unwrap();
+            let (ledger, _) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
             ledger.record(["kept"]);
             let journal = &ledger.store.as_ref().unwrap().journal;
             journal.insert(7u64.to_be_bytes(), &b"torn: not a stamp and whole keys"[..]).unwrap();
             journal.insert(b"odd key", &[0u8; 24][..]).unwrap();
             flush(&ledger);
         }
-        let (ledger, _) = Ledger::open(&path).unwrap();
+        let (ledger, _) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
         assert!(ledger.contains("kept"));
         assert_eq!(ledger.len(), 1);
         assert_eq!(ledger.store.as_ref().unwrap().journal.len(), 1, "malformed entries were removed");
@@ -455,6 +467,25 @@ mod tests {
         assert_eq!(ledger.len(), 3);
         let ledger = ledger.with_max_entries(1);
         assert!(ledger.contains("e") && ledger.len() == 1);
+    }
+
+    #[test]
+    fn a_journal_written_under_a_larger_cap_keeps_its_newest_batches_and_a_report_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        {
+            let (ledger, _) = Ledger::open(&path, 10).unwrap();
+            for batch in [["a", "b"], ["c", "d"], ["e", "f"]] {
+                ledger.record(batch);
+            }
+            flush(&ledger);
+        }
+        assert_eq!(Ledger::open_existing(&path).unwrap().len(), 6, "a read-only open keeps everything");
+        let (ledger, _) = Ledger::open(&path, 5).unwrap();
+        assert!(!ledger.contains("a") && !ledger.contains("b"), "the oldest batch went");
+        assert!(["c", "d", "e", "f"].iter().all(|id| ledger.contains(id)));
+        ledger.record(["g"]);
+        assert!(ledger.contains("g") && ledger.len() == 5, "appends continue after the highest sequence");
     }
 
     #[test]
@@ -486,7 +517,7 @@ mod tests {
             db.insert("old-id", &1_000u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let (ledger, _) = Ledger::open(&path).unwrap();
+        let (ledger, _) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
         assert!(ledger.is_empty() && !ledger.contains("old-id"));
     }
 
@@ -494,9 +525,9 @@ mod tests {
     fn a_store_locked_by_another_opener_is_reported_not_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger");
-        let (held, _) = Ledger::open(&path).unwrap();
+        let (held, _) = Ledger::open(&path, DEFAULT_MAX_ENTRIES).unwrap();
         held.record(["a"]);
-        assert!(matches!(Ledger::open(&path), Err(LedgerError::Locked(_))));
+        assert!(matches!(Ledger::open(&path, DEFAULT_MAX_ENTRIES), Err(LedgerError::Locked(_))));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing was moved aside");
         assert!(held.contains("a"));
     }

@@ -176,17 +176,16 @@ async fn open_ledger(config: &Config) -> Result<Ledger, LedgerError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(parent);
         }
-        let ledger = match Ledger::open(&path) {
+        let ledger = match Ledger::open(&path, max_entries) {
             Ok((ledger, _)) => ledger,
             Err(error @ LedgerError::Locked(_)) => {
                 // Correctness does not depend on the ledger: run on an in-memory one, slower on
                 // redeliveries, rather than fight over a store another process uses.
                 tracing::warn!(error = %error, "using an in-memory ledger for this run");
-                Ledger::temporary()
+                Ledger::temporary().with_max_entries(max_entries)
             }
             Err(error) => return Err(error),
         };
-        let ledger = ledger.with_max_entries(max_entries);
         let pruned = ledger.prune(retention);
         if pruned > 0 {
             tracing::info!(ledger.pruned = pruned, "pruned ledger entries older than retention");

@@ -120,8 +120,8 @@ pub struct LedgerConfig {
     pub path: PathBuf,
     /// Entries older than this are pruned; keep it >= the queue's message retention (max 14 days).
     pub retention_hours: u64,
-    /// Most ids held (17-34 bytes of memory each); past it the oldest batches are forgotten, which
-    /// costs a database round trip if one of them is redelivered.
+    /// Most ids held (a table of about 10.7 bytes each, allocated for the cap); past it the oldest
+    /// batches are forgotten, which costs a database round trip if one of them is redelivered.
     pub max_entries: usize,
 }
 
@@ -143,6 +143,15 @@ impl LedgerConfig {
         }
         if self.max_entries == 0 {
             return Err(invalid("ledger.max_entries", "at least 1 (set ledger.enabled = false for no ledger)"));
+        }
+        if self.max_entries > crate::ledger::MAX_ENTRIES_LIMIT {
+            return Err(invalid(
+                "ledger.max_entries",
+                format!(
+                    "at most {} (its table takes about 10.7 bytes an id, allocated up front)",
+                    crate::ledger::MAX_ENTRIES_LIMIT
+                ),
+            ));
         }
         Ok(())
     }

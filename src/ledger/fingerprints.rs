@@ -32,8 +32,9 @@ impl Fingerprints {
     }
 
     fn seeded(ids: usize, seed: (u64, u64)) -> Fingerprints {
-        let ids = ids.max(1);
-        let size = ids.saturating_mul(SLOTS_PER_ID.0) / SLOTS_PER_ID.1 + 1;
+        // `ledger.max_entries` is validated far below where this could overflow.
+        let ids = ids.clamp(1, usize::MAX / SLOTS_PER_ID.0);
+        let size = ids * SLOTS_PER_ID.0 / SLOTS_PER_ID.1 + 1;
         Fingerprints { slots: vec![0; size], len: 0, limit: ids, seed, mask: u64::MAX }
     }
 
@@ -91,9 +92,9 @@ impl Fingerprints {
         self.slots[hole] = 0;
     }
 
+    /// Forgets every fingerprint (a fresh zeroed table: writing zeros would make all of it resident).
     pub(super) fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|slot| *slot = 0);
-        self.len = 0;
+        *self = Fingerprints { mask: self.mask, ..Fingerprints::seeded(self.limit, self.seed) };
     }
 
     fn insert_fingerprint(&mut self, fp: u64) -> bool {

@@ -86,7 +86,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
     let dir = tempfile::tempdir().unwrap();
     queue.send_bodies(support::logins(20)).await;
     {
-        let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
+        let (ledger, _) = Ledger::open(&dir.path().join("ledger"), pii_ingest::ledger::DEFAULT_MAX_ENTRIES).unwrap();
         let first = pipeline(Faulty::new(queue.source().await, Fault::NeverDelete), &db, Arc::new(ledger), settings());
         let stop = CancellationToken::new();
         let run = tokio::spawn(first.run(stop.clone()));
@@ -94,7 +94,7 @@ async fn a_ledger_on_disk_survives_a_restart_and_skips_redeliveries() {
         stop.cancel();
         run.await.unwrap();
     }
-    let (ledger, _) = Ledger::open(&dir.path().join("ledger")).unwrap();
+    let (ledger, _) = Ledger::open(&dir.path().join("ledger"), pii_ingest::ledger::DEFAULT_MAX_ENTRIES).unwrap();
     let report = drain(pipeline(queue.source().await, &db, Arc::new(ledger), settings()), LIMIT).await;
     assert_eq!(report.duplicate_ledger, 20, "{report}");
     assert_eq!(db.rows().await, 20);
