@@ -11,8 +11,7 @@ use commands::Cli;
 use pii_ingest::config::Config;
 use pii_ingest::telemetry;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(code) = cli.command.run_without_config() {
         return code;
@@ -30,12 +29,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config.log);
-    match Box::pin(cli.command.run(config)).await {
-        Ok(code) => code,
+    // Built after the configuration is read: it says how many threads (pipeline.worker_threads). One
+    // is a current-thread runtime: no work stealing, no wake-ups across threads.
+    let runtime = match config.pipeline.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async {
+        telemetry::init(&config.log);
+        match Box::pin(cli.command.run(config)).await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

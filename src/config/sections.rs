@@ -200,6 +200,10 @@ pub struct PipelineConfig {
     /// Most bytes of message bodies held at once (received, judged, not yet committed).
     /// Receives pause while it is full.
     pub max_inflight_bytes: usize,
+    /// Threads of the async runtime. One is the default: the work between SQS and Postgres is mostly
+    /// waiting, and a second thread mostly adds wake-ups across threads (a third more CPU per message,
+    /// measured, docs/scaling.md). Large batches are judged on blocking threads either way.
+    pub worker_threads: usize,
 }
 
 /// The default `pipeline.max_inflight_bytes`: 96 MiB. Receives reserve the largest bodies the queue
@@ -221,6 +225,7 @@ impl Default for PipelineConfig {
             delete_rejected: true,
             stall_seconds: 300,
             max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            worker_threads: 1,
         }
     }
 }
@@ -253,6 +258,9 @@ impl PipelineConfig {
         }
         if self.stall_seconds == 0 {
             return Err(invalid("pipeline.stall_seconds", "at least 1 second"));
+        }
+        if !(1..=64).contains(&self.worker_threads) {
+            return Err(invalid("pipeline.worker_threads", "from 1 to 64"));
         }
         Ok(())
     }
