@@ -80,26 +80,22 @@ pub(crate) fn ingest_env(
 }
 
 pub(crate) fn spawn(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
-    Command::new(binary)
-        // An empty file: no config.toml of the working directory leaks in (a named file must exist).
-        .args(["--config", "/dev/null"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))
+    spawn_with(binary, args, env, Stdio::null())
 }
 
 /// As [`spawn`], with stdout piped (for a `--json` report; small enough for the pipe's buffer).
 pub(crate) fn spawn_reporting(binary: &PathBuf, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Child> {
+    spawn_with(binary, args, env, Stdio::piped())
+}
+
+fn spawn_with(binary: &PathBuf, args: &[&str], env: &[(String, String)], stdout: Stdio) -> anyhow::Result<Child> {
     Command::new(binary)
         // An empty file: no config.toml of the working directory leaks in (a named file must exist).
         .args(["--config", "/dev/null"])
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))
 }

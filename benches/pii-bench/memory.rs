@@ -57,7 +57,7 @@ pub(crate) async fn large_bodies(
                 usage.cpu_seconds
             ),
             value: format!("{:.1}", usage.peak_kib as f64 / 1024.0),
-            baseline: "160 MiB budget (pipeline.max_inflight_bytes 64 MiB)".into(),
+            baseline: "160 MiB (pipeline.max_inflight_bytes, the default)".into(),
             ratio: Some(usage.peak_kib as f64 / 1024.0 / 160.0),
             target: "<= 1.00",
         });
