@@ -64,7 +64,7 @@ pub(crate) async fn sqs_side(
             table.push(Row {
                 measure: format!("peak RSS draining {n} msgs, MiB (ingester CPU {:.1} s)", usage.cpu_seconds),
                 value: format!("{:.1}", usage.peak_kib as f64 / 1024.0),
-                baseline: "100 MiB budget".into(),
+                baseline: "100 MiB bound".into(),
                 ratio: Some(usage.peak_kib as f64 / 1024.0 / 100.0),
                 target: "<= 1.00",
             });
