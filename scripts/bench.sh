@@ -14,8 +14,8 @@
 # Arguments go to pii-bench: --messages N (30000 per drain) --rtt-ms 0,20,50 --rows N (200000) --rounds R (5) --receivers N (8)
 #   --latency-seconds S (20; 0 skips) --backlog N (0; 1000000 is the figure, ~10 more minutes)
 #   --large N (0; 1500 is the figure: peak RSS draining ~1 MiB bodies mixed with small ones, with
-#     default settings and with 5x the batch and 2x the receivers; the feed runs at the emulator's pace,
-#     about 2 MiB/s here, so 1500 takes about 25 minutes; run it against a second emulator:
+#     default settings and with 5x the batch and 2x the receivers; the feed runs at the emulator's pace:
+#     36 s for 1500 on a fresh emulator, 25 minutes on one slowed by a day's use; run it against a second emulator:
 #     PII_INGEST_EMULATOR_PORT=4577 scripts/emulator.sh start, then --sqs-endpoint http://127.0.0.1:4577)
 #   --skip-sqs --skip-postgres
 #   With --backlog, the same backlog is also drained by the ingester as it was before the performance
