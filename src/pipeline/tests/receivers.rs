@@ -41,6 +41,24 @@ async fn a_backlog_behind_a_slow_round_trip_grows_the_receivers_up_to_max() {
 }
 
 #[tokio::test]
+async fn the_default_budget_lets_sixteen_receives_of_1_mib_messages_be_in_flight() {
+    // The defaults' margin at a 20 ms round trip (docs/scaling.md): a budget that held fewer receives
+    // (96 MiB: 9) kept the drain at 0.77 of its 0 ms rate.
+    let source = backlog(4000, Duration::from_millis(20));
+    let mut pipeline = unshared(source.clone());
+    let defaults = crate::config::PipelineConfig::default();
+    pipeline.settings.receivers = Receivers { min: defaults.min_receivers, max: defaults.max_receivers };
+    pipeline.settings.max_inflight_bytes = defaults.max_inflight_bytes;
+    pipeline.settings.batch_max_rows = defaults.batch_max_rows;
+    let report = tokio::time::timeout(Duration::from_secs(30), pipeline.run(CancellationToken::new()))
+        .await
+        .expect("the drain ends");
+    assert_eq!(report.written, 4000, "{report}");
+    let most = source.most_receiving.load(Ordering::SeqCst);
+    assert!(most >= 16, "receives of 1 MiB messages in flight at once under the default budget: {most}");
+}
+
+#[tokio::test]
 async fn pinned_receivers_neither_grow_nor_shrink() {
     let source = backlog(600, Duration::from_millis(5));
     let mut pipeline = unshared(source.clone());
