@@ -82,7 +82,17 @@ def sqs_client():
 
 
 def emulator_pid() -> int:
-    pid = int(EMULATOR_PID_FILE.read_text().strip())
+    """The LocalStack process: from this checkout's pid file, else the one listening on the SQS port
+    (an emulator that another checkout's scripts/emulator.sh started)."""
+    if EMULATOR_PID_FILE.exists():
+        pid = int(EMULATOR_PID_FILE.read_text().strip())
+    else:
+        port = urlparse(SQS_ENDPOINT).port or 4566
+        listing = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        found = re.search(r"pid=(\d+)", listing)
+        if not found:
+            raise RuntimeError(f"no {EMULATOR_PID_FILE} and no process found listening on port {port}")
+        pid = int(found.group(1))
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     if "localstack" not in cmdline:
         raise RuntimeError(f"pid {pid} from {EMULATOR_PID_FILE} is not LocalStack ({cmdline[:80]!r})")
