@@ -21,7 +21,8 @@
 #   With --backlog, the same backlog is also drained by the ingester as it was before the performance
 #   work (commit PII_BENCH_BASELINE_REV, default 2e6fa15), built once into target/bench-baseline/, and
 #   the table gives peak RSS against the 64 MiB bound and CPU per million messages against that
-#   ingester's (target <= 0.50). --baseline-ingester PATH names another one.
+#   ingester's (target <= 0.50) and against a bare receive+delete drain through the same SDK (its
+#   floor). --baseline-ingester PATH names another one.
 # Takes about 6 minutes with the defaults on 2 cores (plus a cold release build, about 4 minutes).
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."

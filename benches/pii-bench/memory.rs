@@ -147,7 +147,52 @@ pub(crate) async fn backlog(
             target: "<= 0.50",
         }),
     }
+    let floor = bare_drain_cpu_per_million(args, client).await?;
+    table.push(Row {
+        measure: format!("ingester CPU per million messages vs the SDK's floor, s ({n}-message backlog)"),
+        value: format!("{:.1}", per_million(&now)),
+        baseline: format!(
+            "{floor:.1} a bare receive+delete drain through the same SDK, no work ({} msgs, {} receivers, one thread)",
+            args.messages, args.receivers
+        ),
+        ratio: Some(per_million(&now) / floor),
+        target: "(report)",
+    });
     Ok(())
+}
+
+/// CPU seconds per million messages of a bare receive-10-then-delete drain (the SDK's own cost, the
+/// floor under any ingester built on it), on a current-thread runtime of its own thread, as that thread's
+/// CPU time: no proxy, no work, nothing else on the thread.
+async fn bare_drain_cpu_per_million(args: &Args, client: &Client) -> anyhow::Result<f64> {
+    let n = args.messages;
+    eprintln!("backlog: seeding {n} messages for the SDK's floor");
+    let (_, url) = fresh_queue(client).await?;
+    seed_queue(client, &url, n).await?;
+    let config = sqs_config(args, "unused");
+    let receivers = args.receivers;
+    let drain_url = url.clone();
+    let seconds = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let client = source::sqs::client(&config).await;
+            let before = thread_cpu_seconds()?;
+            crate::sqs::bare_drain(&client, &drain_url, n, receivers).await?;
+            Ok(thread_cpu_seconds()? - before)
+        })
+    })
+    .await??;
+    client.delete_queue().queue_url(&url).send().await?;
+    eprintln!("backlog: bare drain of {n}: {seconds:.2} s of CPU");
+    Ok(seconds * 1e6 / n as f64)
+}
+
+/// User + system CPU time of the calling thread (/proc/thread-self/stat, ticks of 1/100 s).
+fn thread_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 struct Drained {
