@@ -82,7 +82,8 @@ impl Fingerprints {
         let mut next = (hole + 1) % n;
         while self.slots[next] != 0 {
             let home = self.home(self.slots[next]);
-            let displaced_past_hole = if hole <= next { home <= hole || home > next } else { home <= hole && home > next };
+            let displaced_past_hole =
+                if hole <= next { home <= hole || home > next } else { home <= hole && home > next };
             if displaced_past_hole {
                 self.slots[hole] = self.slots[next];
                 hole = next;

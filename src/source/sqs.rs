@@ -160,10 +160,7 @@ impl Source for SqsSource {
             request = request.message_attribute_names(name);
         }
         request = request.message_attribute_names(key::ORIGIN_ATTRIBUTE);
-        let output = request
-            .send()
-            .await
-            .map_err(|e| sqs_error("ReceiveMessage", e))?;
+        let output = request.send().await.map_err(|e| sqs_error("ReceiveMessage", e))?;
         Ok(output.messages.unwrap_or_default().into_iter().filter_map(|m| self.to_delivery(m)).collect())
     }
 
