@@ -119,11 +119,7 @@ pub(crate) fn wait_with_peak_rss(mut child: Child) -> anyhow::Result<Usage> {
                 usage.peak_kib = usage.peak_kib.max(kib);
             }
         }
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // Fields after the command name: utime and stime are the 12th and 13th, in ticks of 1/100 s.
-            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            let cpu = (ticks(11) + ticks(12)) as f64 / 100.0;
+        if let Ok(cpu) = cpu_seconds(&format!("/proc/{pid}/stat")) {
             usage.cpu_seconds = usage.cpu_seconds.max(cpu);
         }
         if let Some(status) = child.try_wait()? {
@@ -134,6 +130,15 @@ pub(crate) fn wait_with_peak_rss(mut child: Child) -> anyhow::Result<Usage> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file (a process's, or `/proc/thread-self/stat`).
+pub(crate) fn cpu_seconds(stat_path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    // Fields after the command name: utime and stime are the 12th and 13th, in ticks of 1/100 s.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 /// The `pii-ingest` beside this executable (where scripts/build-bench.sh puts both, and where

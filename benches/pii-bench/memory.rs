@@ -8,7 +8,9 @@ use anyhow::bail;
 use aws_sdk_sqs::Client;
 use pii_ingest::{db, seed, source};
 
-use crate::harness::{fresh_database, fresh_queue, ingest_env, seed_queue, spawn, sqs_config, wait_with_peak_rss};
+use crate::harness::{
+    cpu_seconds, fresh_database, fresh_queue, ingest_env, seed_queue, spawn, sqs_config, wait_with_peak_rss,
+};
 use crate::{Args, Row};
 
 /// Peak RSS while draining `args.large` bodies of about 1 MiB (half logins with a large extra field,
@@ -176,23 +178,15 @@ async fn bare_drain_cpu_per_million(args: &Args, client: &Client) -> anyhow::Res
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
             let client = source::sqs::client(&config).await;
-            let before = thread_cpu_seconds()?;
+            let before = cpu_seconds("/proc/thread-self/stat")?;
             crate::sqs::bare_drain(&client, &drain_url, n, receivers).await?;
-            Ok(thread_cpu_seconds()? - before)
+            Ok(cpu_seconds("/proc/thread-self/stat")? - before)
         })
     })
     .await??;
     client.delete_queue().queue_url(&url).send().await?;
     eprintln!("backlog: bare drain of {n}: {seconds:.2} s of CPU");
     Ok(seconds * 1e6 / n as f64)
-}
-
-/// User + system CPU time of the calling thread (/proc/thread-self/stat, ticks of 1/100 s).
-fn thread_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok((ticks(11) + ticks(12)) as f64 / 100.0)
 }
 
 struct Drained {
