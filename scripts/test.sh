@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: makes sure Postgres is up, installs and starts the SQS emulator
-# (LocalStack, pinned, in .venv/), runs clippy (warnings fail), then every unit and integration test.
+# (LocalStack, pinned, in .venv/), checks formatting, runs clippy (warnings fail), then every unit and integration test.
 # Extra arguments go to `cargo test` (for example `scripts/test.sh exactly_once`) and skip clippy.
 set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -49,8 +49,11 @@ if command -v psql >/dev/null 2>&1; then
     done
 fi
 
-# Lints first: a warning fails the suite as a failing test does ([lints] in Cargo.toml).
+# Lints first: unformatted code and any warning fail the suite as a failing test does ([lints] in
+# Cargo.toml).
 if [ $# -eq 0 ]; then
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo fmt --check
   cargo clippy --locked --all-targets -- -D warnings
 fi
 
